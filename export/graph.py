@@ -1,0 +1,194 @@
+"""A small ONNX graph builder that also keeps the per-layer accounting.
+
+Tensors are tracked in NCHW inside the graph (ONNX's ``Conv`` layout) with the batch axis
+symbolic; an NHWC model gets one ``Transpose`` at its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+KINDS = ("standard", "depthwise", "pointwise", "dense", "other")
+BATCH = "N"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A value in the graph: its name and NCHW shape (batch is ``None``)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.shape[1])  # type: ignore[arg-type]
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.shape[2]), int(self.shape[3])  # type: ignore[arg-type]
+
+
+@dataclass
+class LayerInfo:
+    """One exporter layer with Keras-convention parameter counts and multiply-adds.
+
+    ``params`` = trainable + non-trainable (what Keras counts, BN moving stats included);
+    ``weight_params`` = conv/dense weights + dense bias (the papers' convention, no BN);
+    ``deployed_params`` = what the exported ONNX holds for this layer after BN folding.
+    ``output_shape`` is channels-last without the batch axis, as Keras prints it.
+    """
+
+    name: str
+    kind: str
+    op_type: str
+    output_shape: list[int]
+    trainable: int = 0
+    non_trainable: int = 0
+    weight_params: int = 0
+    deployed_params: int = 0
+    macs: int = 0
+    onnx_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = self.params
+        return d
+
+
+def channels_last(shape: tuple[int | None, ...]) -> list[int]:
+    dims = [int(d) for d in shape[1:]]  # type: ignore[arg-type]
+    return dims[1:] + dims[:1] if len(dims) >= 2 else dims
+
+
+_NP_TO_ONNX = {
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.float16): TensorProto.FLOAT16,
+    np.dtype(np.int64): TensorProto.INT64,
+}
+
+
+class GraphBuilder:
+    """Collects nodes, initializers and layer accounting, then writes a checked ModelProto."""
+
+    def __init__(self, name: str, opset: int = 17) -> None:
+        self.name = name
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.layers: list[LayerInfo] = []
+        self._used: set[str] = set()
+
+    # -- naming -----------------------------------------------------------------
+    def unique(self, name: str) -> str:
+        candidate, i = name, 1
+        while candidate in self._used:
+            candidate = f"{name}_{i}"
+            i += 1
+        self._used.add(candidate)
+        return candidate
+
+    # -- graph pieces -------------------------------------------------------------
+    def const(self, name: str, array: np.ndarray) -> str:
+        array = np.ascontiguousarray(array)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        uname = self.unique(name)
+        self.initializers.append(numpy_helper.from_array(array, uname))
+        return uname
+
+    def node(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        """Add a node with one output named after the node; returns that output's name."""
+        uname = self.unique(name)
+        self.nodes.append(helper.make_node(op_type, inputs, [uname], name=uname, **attrs))
+        return uname
+
+    def add_input(self, name: str, shape: list[int | str | None], elem_type: int = TensorProto.FLOAT) -> str:
+        self._used.add(name)
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def add_output(self, tensor_name: str, name: str, shape: list[int | str | None],
+                   elem_type: int = TensorProto.FLOAT) -> str:
+        if tensor_name != name:
+            # Rename the producing node's output so the graph output has the public name.
+            for n in self.nodes:
+                for i, out in enumerate(n.output):
+                    if out == tensor_name:
+                        n.output[i] = name
+                for i, inp in enumerate(n.input):
+                    if inp == tensor_name:
+                        n.input[i] = name
+            for layer in self.layers:
+                layer.onnx_nodes = [name if x == tensor_name else x for x in layer.onnx_nodes]
+        self._used.add(name)
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def record(self, layer: LayerInfo) -> LayerInfo:
+        if layer.kind not in KINDS:
+            raise ValueError(f"unknown layer kind {layer.kind!r}")
+        self.layers.append(layer)
+        return layer
+
+    # -- accounting ----------------------------------------------------------------
+    def totals(self) -> dict[str, int]:
+        return {
+            "total_params": sum(la.params for la in self.layers),
+            "trainable_params": sum(la.trainable for la in self.layers),
+            "non_trainable_params": sum(la.non_trainable for la in self.layers),
+            "weight_params": sum(la.weight_params for la in self.layers),
+            "deployed_params": sum(la.deployed_params for la in self.layers),
+            "macs": sum(la.macs for la in self.layers),
+        }
+
+    # -- output ----------------------------------------------------------------------
+    def to_model(self, metadata: dict[str, str] | None = None, check: bool = True) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", self.opset)],
+            producer_name="sepconv",
+        )
+        model.ir_version = supported_ir_version()
+        for key, value in (metadata or {}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        if check:
+            model = check_and_infer(model)
+        return model
+
+
+def supported_ir_version() -> int:
+    """The IR version to write: onnx's default, capped at what onnxruntime accepts.
+
+    onnx 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses; IR 10 is the newest it
+    reads (as of that release), so cap there unless the runtime says otherwise.
+    """
+    cap = 10
+    try:  # a newer runtime may advertise more
+        import onnxruntime as ort  # noqa: PLC0415
+
+        major, minor = (int(x) for x in ort.__version__.split(".")[:2])
+        if (major, minor) >= (1, 32):
+            cap = 11
+    except Exception:  # noqa: BLE001 - the runtime is optional for the exporter
+        pass
+    return min(onnx.IR_VERSION, cap)
+
+
+def check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker`` (full) and strict shape inference on every model we write."""
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    onnx.checker.check_model(inferred, full_check=True)
+    return inferred

@@ -1,0 +1,147 @@
+"""TensorFlow's stride/dilation/padding rules, defined once.
+
+Every convolution in the project (the networks, the single-op graphs behind `/v1/conv`, the
+accounting) resolves its padding here, so `SAME` means exactly what `tf.nn.conv2d` means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from export.errors import ExportError
+
+PaddingSpec = str | Sequence[Sequence[int]] | Sequence[int]
+
+
+def spatial_pair(value: int | Sequence[int], what: str, data_format: str = "NHWC") -> tuple[int, int]:
+    """Read strides/dilations as TF accepts them: an int, ``[h, w]`` or the 4-element form."""
+    if isinstance(value, bool):
+        raise ExportError(f"{what} must be an int or a list of ints, got {value!r}")
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        try:
+            items = [int(v) for v in value]
+        except (TypeError, ValueError):
+            raise ExportError(f"{what} must be an int or a list of ints, got {value!r}") from None
+        if len(items) == 1:
+            pair = (items[0], items[0])
+        elif len(items) == 2:
+            pair = (items[0], items[1])
+        elif len(items) == 4:
+            n_ax, c_ax = (0, 3) if data_format == "NHWC" else (0, 1)
+            if items[n_ax] != 1 or items[c_ax] != 1:
+                raise ExportError(f"{what} {items}: the batch and channel entries must be 1 ({data_format})")
+            pair = (items[1], items[2]) if data_format == "NHWC" else (items[2], items[3])
+        else:
+            raise ExportError(f"{what} must have 1, 2 or 4 entries, got {len(items)}")
+    if pair[0] < 1 or pair[1] < 1:
+        raise ExportError(f"{what} must be >= 1, got {list(pair)}")
+    return pair
+
+
+@dataclass(frozen=True)
+class Pads:
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    def onnx(self) -> list[int]:
+        """ONNX ``pads`` order: [top, left, bottom, right]."""
+        return [self.top, self.left, self.bottom, self.right]
+
+    @property
+    def is_zero(self) -> bool:
+        return not (self.top or self.bottom or self.left or self.right)
+
+
+def effective_kernel(k: int, dilation: int) -> int:
+    return (k - 1) * dilation + 1
+
+
+def same_pad_1d(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TF SAME: out = ceil(in/stride); the odd pixel goes after."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + effective_kernel(k, dilation) - size, 0)
+    return total // 2, total - total // 2
+
+
+def symmetric_pad_1d(k: int, dilation: int) -> tuple[int, int]:
+    """PyTorch-style ``padding=(k-1)*d//2`` on both sides."""
+    p = effective_kernel(k, dilation) // 2
+    return p, p
+
+
+def resolve_padding(
+    padding: PaddingSpec,
+    in_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    data_format: str = "NHWC",
+) -> Pads:
+    """Turn a TF padding argument into explicit pads.
+
+    ``padding`` is ``"SAME"``, ``"VALID"``, ``"SYMMETRIC"`` (PyTorch style), or TF's explicit
+    form ``[[0,0],[top,bottom],[left,right],[0,0]]`` (NHWC order; NCHW puts the channel pair
+    second), or a flat ``[top, bottom, left, right]``.
+    """
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "SAME":
+            return Pads(*same_pad_1d(in_hw[0], kernel_hw[0], strides[0], dilations[0]),
+                        *same_pad_1d(in_hw[1], kernel_hw[1], strides[1], dilations[1]))
+        if mode == "VALID":
+            return Pads(0, 0, 0, 0)
+        if mode == "SYMMETRIC":
+            return Pads(*symmetric_pad_1d(kernel_hw[0], dilations[0]),
+                        *symmetric_pad_1d(kernel_hw[1], dilations[1]))
+        raise ExportError(f"padding must be 'SAME', 'VALID', 'SYMMETRIC' or explicit pads, got {padding!r}")
+    try:
+        rows = [list(map(int, p)) if isinstance(p, (list, tuple)) else int(p) for p in padding]
+    except (TypeError, ValueError):
+        raise ExportError(f"explicit padding must be a list of int pairs, got {padding!r}") from None
+    if len(rows) == 4 and all(isinstance(r, list) for r in rows):
+        if any(len(r) != 2 for r in rows):
+            raise ExportError(f"explicit padding needs 4 pairs [before, after], got {padding!r}")
+        n_ax, c_ax, h_ax, w_ax = (0, 3, 1, 2) if data_format == "NHWC" else (0, 1, 2, 3)
+        if rows[n_ax] != [0, 0] or rows[c_ax] != [0, 0]:
+            raise ExportError(f"explicit padding {rows}: batch and channel pads must be [0, 0] ({data_format})")
+        pads = Pads(rows[h_ax][0], rows[h_ax][1], rows[w_ax][0], rows[w_ax][1])
+    elif len(rows) == 2 and all(isinstance(r, list) and len(r) == 2 for r in rows):
+        pads = Pads(rows[0][0], rows[0][1], rows[1][0], rows[1][1])
+    elif len(rows) == 4 and all(isinstance(r, int) for r in rows):
+        pads = Pads(*rows)  # type: ignore[arg-type]
+    else:
+        raise ExportError(
+            f"explicit padding must be [[0,0],[top,bottom],[left,right],[0,0]], got {padding!r}"
+        )
+    if min(pads.top, pads.bottom, pads.left, pads.right) < 0:
+        raise ExportError(f"explicit padding must be >= 0, got {padding!r}")
+    return pads
+
+
+def conv_output_hw(
+    in_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    pads: Pads,
+) -> tuple[int, int]:
+    """Output size of a convolution; refuses a kernel larger than the padded input."""
+    out = []
+    for size, k, s, d, before, after, axis in (
+        (in_hw[0], kernel_hw[0], strides[0], dilations[0], pads.top, pads.bottom, "height"),
+        (in_hw[1], kernel_hw[1], strides[1], dilations[1], pads.left, pads.right, "width"),
+    ):
+        padded = size + before + after
+        ek = effective_kernel(k, d)
+        if ek > padded:
+            raise ExportError(
+                f"kernel {axis} {k} (dilated to {ek}) is larger than the padded input {axis} {padded}"
+            )
+        out.append((padded - ek) // s + 1)
+    return out[0], out[1]

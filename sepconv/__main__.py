@@ -1,0 +1,3 @@
+from sepconv.cli import main
+
+main()
