@@ -26,7 +26,8 @@ KERAS_INITIALIZERS = {
 
 
 class WeightSource(Protocol):
-    random: bool
+    random: bool  # True for seeded initialisers (recorded in the model metadata)
+    bn_epsilon: float | None  # the source framework's BN epsilon; None = the network's own (Keras 1e-3)
 
     def get(self, layer: str, weight: str, shape: tuple[int, ...]) -> np.ndarray:
         """Return a float32 array of exactly ``shape`` (Keras layout) for that layer's weight."""
@@ -49,6 +50,7 @@ class RandomWeights:
     """Keras' initialisers, seeded: every layer's tensor depends only on (seed, layer, weight)."""
 
     random = True
+    bn_epsilon = None
 
     def __init__(self, seed: int = 0, randomize_bn: bool = False) -> None:
         self.seed = seed

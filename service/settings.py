@@ -1,0 +1,48 @@
+"""Server settings: one pydantic-settings class, read from ``SEPCONV_*`` environment variables.
+
+Each feature owns a block of fields below; add fields to your block rather than making another
+settings class.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEPCONV_", env_file=None, extra="ignore")
+
+    # -- server / repository ----------------------------------------------------------------
+    repo: Path = Field(Path("models"), description="model repository (Triton layout)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str | None = Field(None, description="bearer token required by repository load/unload")
+    max_request_bytes: int = Field(64 * 1024 * 1024, description="largest request body accepted (413 above)")
+
+    # -- runtime (ONNX Runtime sessions) ----------------------------------------------------
+    providers: str = Field("auto", description="'auto' (CUDA if it really starts, else CPU), 'cpu', 'cuda', "
+                                               "or a comma-separated list of ONNX Runtime provider names")
+    strict_providers: bool = Field(False, description="fail a load whose session fell back to another provider")
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_optimization: str = Field("all", description="disable | basic | extended | all")
+    enable_cpu_mem_arena: bool = True
+
+    # -- /v1/conv endpoints -----------------------------------------------------------------
+    conv_max_elements: int = Field(16 * 1024 * 1024, description="largest input/filter/output tensor (elements)")
+    conv_max_macs: int = Field(20_000_000_000, description="largest multiply-add count one request may cost")
+    conv_cache_size: int = Field(64, description="compiled single-op graphs kept (LRU)")
+
+    # -- profiling --------------------------------------------------------------------------
+    profile_max_runs: int = 500
+    profile_max_batch: int = 64
+    trace_dir: Path = Field(Path("traces"), description="where profile traces are kept for trace_url")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
