@@ -7,6 +7,7 @@ symbolic; an NHWC model gets one ``Transpose`` at its input.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -160,7 +161,7 @@ class GraphBuilder:
             opset_imports=[helper.make_opsetid("", self.opset)],
             producer_name="sepconv",
         )
-        model.ir_version = supported_ir_version()
+        model.ir_version = ir_version_for(self.opset)
         for key, value in (metadata or {}).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, str(value)
@@ -169,22 +170,39 @@ class GraphBuilder:
         return model
 
 
+def ir_version_for(opset: int) -> int:
+    """The IR version to write: the oldest one that carries ``opset`` (most portable — Triton's
+    bundled onnxruntime may be older than ours), never above what the installed runtime reads."""
+    needed = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    return min(needed, supported_ir_version())
+
+
+@lru_cache(maxsize=1)
 def supported_ir_version() -> int:
-    """The IR version to write: onnx's default, capped at what onnxruntime accepts.
+    """The newest IR version both onnx and the installed onnxruntime handle.
 
-    onnx 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses; IR 10 is the newest it
-    reads (as of that release), so cap there unless the runtime says otherwise.
+    onnx 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses; rather than hard-code a
+    table, ask the runtime: load a one-node model at decreasing IR versions and keep the first it
+    accepts. Without onnxruntime (the exporter alone), write IR 10, which runtimes since 1.20 read.
     """
-    cap = 10
-    try:  # a newer runtime may advertise more
+    try:
         import onnxruntime as ort  # noqa: PLC0415
-
-        major, minor = (int(x) for x in ort.__version__.split(".")[:2])
-        if (major, minor) >= (1, 32):
-            cap = 11
-    except Exception:  # noqa: BLE001 - the runtime is optional for the exporter
-        pass
-    return min(onnx.IR_VERSION, cap)
+    except ImportError:
+        return min(onnx.IR_VERSION, 10)
+    probe = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    for version in range(onnx.IR_VERSION, 6, -1):
+        probe.ir_version = version
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - "unsupported IR version" is what we are probing for
+            continue
+        return version
+    return 7
 
 
 def check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
