@@ -101,7 +101,9 @@ class GraphBuilder:
 
     # -- graph pieces -------------------------------------------------------------
     def const(self, name: str, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn a scalar into shape [1])
+            array = np.ascontiguousarray(array)
         if array.dtype == np.float64:
             array = array.astype(np.float32)
         uname = self.unique(name)
@@ -130,8 +132,7 @@ class GraphBuilder:
                 for i, inp in enumerate(n.input):
                     if inp == tensor_name:
                         n.input[i] = name
-            for layer in self.layers:
-                layer.onnx_nodes = [name if x == tensor_name else x for x in layer.onnx_nodes]
+            # (node names do not change, so the layers' ``onnx_nodes`` stay valid)
         self._used.add(name)
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
         return name

@@ -42,11 +42,65 @@ class BatchNorm:
         return scale, shift
 
 
-def _f32(a: np.ndarray | Sequence, what: str) -> np.ndarray:
+@dataclass(frozen=True)
+class GraphWeight:
+    """A weight fed at run time instead of baked into the graph: the graph input ``name``, holding a
+    float32 tensor of ``shape`` in the same TF/Keras layout an array would have.
+
+    The conv layers accept it wherever they accept a kernel or bias array; they declare the input and
+    add the layout change (``Reshape``/``Transpose``) as graph nodes, so one graph (and one ONNX Runtime
+    session) serves any filter values of that shape — what the ``/v1/conv`` session cache relies on.
+    Batch-norm folding needs constant weights and is refused for it.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _RuntimeOIHW:
+    """A conv weight already converted to ONNX's ``[out, in/group, kh, kw]`` by graph nodes."""
+
+    name: str
+    shape: tuple[int, int, int, int]
+    nodes: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def _f32(a: np.ndarray | Sequence | GraphWeight, what: str) -> np.ndarray | GraphWeight:
+    if isinstance(a, GraphWeight):
+        return a
     arr = np.asarray(a)
     if arr.dtype.kind not in "fiu":
         raise ExportError(f"{what} must be numeric, got dtype {arr.dtype}")
     return arr.astype(np.float32, copy=False)
+
+
+def _runtime_oihw(b: GraphBuilder, k: GraphWeight, name: str, reshape: tuple[int, ...] | None,
+                  perm: tuple[int, int, int, int]) -> _RuntimeOIHW:
+    """Declare ``k`` as a graph input and convert it to OIHW in the graph (same steps as the numpy path)."""
+    src = b.add_input(k.name, list(k.shape))
+    shape = k.shape
+    nodes: list[str] = []
+    if reshape is not None:
+        src = b.node("Reshape", [src, b.const(f"{name}_W_shape", np.array(reshape, np.int64))], f"{name}_W_reshape")
+        nodes.append(src)
+        shape = reshape
+    out = b.node("Transpose", [src], f"{name}_W_oihw", perm=list(perm))
+    nodes.append(out)
+    oihw = tuple(int(shape[i]) for i in perm)
+    return _RuntimeOIHW(out, oihw, tuple(nodes))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,13 +165,13 @@ def activation(b: GraphBuilder, x: Tensor, kind: str | None, name: str) -> tuple
 def _conv(
     b: GraphBuilder,
     x: Tensor,
-    weight_oihw: np.ndarray,
+    weight_oihw: np.ndarray | _RuntimeOIHW,
     group: int,
     *,
     keras_weight_count: int,
     kh: int,
     kw: int,
-    bias: np.ndarray | None,
+    bias: np.ndarray | GraphWeight | None,
     strides: int | Sequence[int],
     padding: PaddingSpec,
     dilations: int | Sequence[int],
@@ -133,33 +187,53 @@ def _conv(
     pads = resolve_padding(padding, x.hw, (kh, kw), s, d, data_format)
     ho, wo = conv_output_hw(x.hw, (kh, kw), s, d, pads)
     cout = int(weight_oihw.shape[0])
-    if bias is not None:
-        bias = _f32(bias, f"{name} bias").reshape(-1)
+    if isinstance(bias, GraphWeight):
+        if bias.shape != (cout,):
+            raise ExportError(f"{name}: bias has shape {list(bias.shape)}, the layer has {cout} output channels")
+    elif bias is not None:
+        bias = _f32(bias, f"{name} bias").reshape(-1)  # type: ignore[union-attr]
         if bias.shape[0] != cout:
             raise ExportError(f"{name}: bias has {bias.shape[0]} values, the layer has {cout} output channels")
     if bn is not None and bn.channels != cout:
         raise ExportError(f"{name}: batch norm has {bn.channels} channels, the layer has {cout}")
 
-    w = weight_oihw.astype(np.float32)
     bias_n = 0 if bias is None else cout
     nodes: list[str] = []
-    fused_bias = bias
-    if bn is not None and fold_bn:
-        scale, shift = bn.scale_shift()
-        w = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
-        base = np.zeros(cout) if bias is None else bias.astype(np.float64)
-        fused_bias = (base * scale + shift).astype(np.float32)
+    weights_per_output = weight_oihw.size // cout
+    if isinstance(weight_oihw, _RuntimeOIHW) or isinstance(bias, GraphWeight):
+        # run-time weights: fed as graph inputs, nothing to fold into
+        if bn is not None and fold_bn:
+            raise ExportError(f"{name}: batch-norm folding needs constant weights (fold_bn=False with run-time ones)")
+        if isinstance(weight_oihw, _RuntimeOIHW):
+            nodes.extend(weight_oihw.nodes)
+            w_name = weight_oihw.name
+        else:
+            w_name = b.const(f"{name}_W", weight_oihw.astype(np.float32))
+        inputs = [x.name, w_name]
+        if isinstance(bias, GraphWeight):
+            inputs.append(b.add_input(bias.name, list(bias.shape)))
+        elif bias is not None:
+            inputs.append(b.const(f"{name}_B", bias))
+        deployed = int(weight_oihw.size) + bias_n
+    else:
+        w = weight_oihw.astype(np.float32)
+        fused_bias = bias
+        if bn is not None and fold_bn:
+            scale, shift = bn.scale_shift()
+            w = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+            base = np.zeros(cout) if bias is None else bias.astype(np.float64)
+            fused_bias = (base * scale + shift).astype(np.float32)
 
-    inputs = [x.name, b.const(f"{name}_W", w)]
-    if fused_bias is not None:
-        inputs.append(b.const(f"{name}_B", fused_bias))
+        inputs = [x.name, b.const(f"{name}_W", w)]
+        if fused_bias is not None:
+            inputs.append(b.const(f"{name}_B", fused_bias))
+        deployed = int(w.size) + (0 if fused_bias is None else cout)
     attrs: dict = {"kernel_shape": [kh, kw], "strides": list(s), "dilations": list(d), "group": group}
     if not pads.is_zero:
         attrs["pads"] = pads.onnx()
     out = b.node("Conv", inputs, name, **attrs)
     nodes.append(out)
     y = Tensor(out, (None, cout, ho, wo))
-    deployed = int(w.size) + (0 if fused_bias is None else cout)
     if bn is not None and not fold_bn:
         bn_out = b.node(
             "BatchNormalization",
@@ -185,7 +259,7 @@ def _conv(
         non_trainable=bn_n,
         weight_params=keras_weight_count + (bias_n if kind == "dense" else 0),
         deployed_params=deployed,
-        macs=ho * wo * int(weight_oihw[0].size) * cout,
+        macs=ho * wo * int(weights_per_output) * cout,
         onnx_nodes=nodes,
     ))
     return y
@@ -194,10 +268,10 @@ def _conv(
 def conv2d(
     b: GraphBuilder,
     x: Tensor,
-    kernel: np.ndarray,
+    kernel: np.ndarray | GraphWeight,
     *,
     name: str,
-    bias: np.ndarray | None = None,
+    bias: np.ndarray | GraphWeight | None = None,
     strides: int | Sequence[int] = 1,
     padding: PaddingSpec = "SAME",
     dilations: int | Sequence[int] = 1,
@@ -220,7 +294,9 @@ def conv2d(
         raise ExportError(f"{name}: filter shape {list(k.shape)} has an empty dimension")
     if kind is None:
         kind = "pointwise" if (kh, kw) == (1, 1) else "standard"
-    return _conv(b, x, k.transpose(3, 2, 0, 1), 1, keras_weight_count=int(k.size), kh=kh, kw=kw, bias=bias,
+    weight = (_runtime_oihw(b, k, name, None, (3, 2, 0, 1)) if isinstance(k, GraphWeight)
+              else k.transpose(3, 2, 0, 1))
+    return _conv(b, x, weight, 1, keras_weight_count=int(k.size), kh=kh, kw=kw, bias=bias,
                  strides=strides, padding=padding, dilations=dilations, data_format=data_format, bn=bn,
                  fold_bn=fold_bn, act=act, name=name, kind=kind)
 
@@ -228,10 +304,10 @@ def conv2d(
 def depthwise_conv2d(
     b: GraphBuilder,
     x: Tensor,
-    kernel: np.ndarray,
+    kernel: np.ndarray | GraphWeight,
     *,
     name: str,
-    bias: np.ndarray | None = None,
+    bias: np.ndarray | GraphWeight | None = None,
     strides: int | Sequence[int] = 1,
     padding: PaddingSpec = "SAME",
     dilations: int | Sequence[int] = 1,
@@ -256,7 +332,10 @@ def depthwise_conv2d(
     if mult < 1 or kh < 1 or kw < 1:
         raise ExportError(f"{name}: depthwise filter shape {list(k.shape)} has an empty dimension "
                           "(channel multiplier must be >= 1)")
-    weight = k.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None, :, :]
+    if isinstance(k, GraphWeight):  # the same [in*mult, 1, kh, kw] arrangement, done in the graph
+        weight = _runtime_oihw(b, k, name, (kh, kw, 1, cin * mult), (3, 2, 0, 1))
+    else:
+        weight = k.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None, :, :]
     return _conv(b, x, weight, cin, keras_weight_count=int(k.size), kh=kh, kw=kw, bias=bias, strides=strides,
                  padding=padding, dilations=dilations, data_format=data_format, bn=bn, fold_bn=fold_bn, act=act,
                  name=name, kind="depthwise")
@@ -265,11 +344,11 @@ def depthwise_conv2d(
 def separable_conv2d(
     b: GraphBuilder,
     x: Tensor,
-    depthwise_kernel: np.ndarray,
-    pointwise_kernel: np.ndarray,
+    depthwise_kernel: np.ndarray | GraphWeight,
+    pointwise_kernel: np.ndarray | GraphWeight,
     *,
     name: str,
-    bias: np.ndarray | None = None,
+    bias: np.ndarray | GraphWeight | None = None,
     strides: int | Sequence[int] = 1,
     padding: PaddingSpec = "SAME",
     dilations: int | Sequence[int] = 1,

@@ -1,9 +1,153 @@
-"""`sepconv export` (not yet implemented)."""
+"""``sepconv summary`` and ``sepconv export`` (one model, or every model of a catalog)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from export.errors import ExportError
+
+ArchArg = Annotated[str, typer.Argument(help="mobilenet_v1 | mobilenet_v2 | mobilenet_v3_large | mobilenet_v3_small")]
+Alpha = Annotated[float, typer.Option("--alpha", help="width multiplier")]
+Resolution = Annotated[int, typer.Option("--resolution", help="input height and width")]
+Classes = Annotated[int, typer.Option("--classes", help="number of classes")]
+NoTop = Annotated[bool, typer.Option("--no-top", help="leave out the classifier (output the feature map)")]
+Padding = Annotated[str, typer.Option("--padding", help="same (TF/Keras exact) | symmetric (PyTorch style)")]
+Layout = Annotated[str, typer.Option("--input-layout", help="NCHW | NHWC")]
+Seed = Annotated[int, typer.Option("--seed", help="seed of the random (Keras-initialiser) weights")]
+KeepBN = Annotated[bool, typer.Option("--keep-bn", help="keep BatchNormalization nodes instead of folding them")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the exit to raise (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _arch_kwargs(alpha: float, resolution: int, classes: int, no_top: bool, padding: str, input_layout: str,
+                 seed: int, keep_bn: bool) -> dict:
+    return {"alpha": alpha, "resolution": resolution, "classes": classes, "include_top": not no_top,
+            "padding": padding.lower(), "input_layout": input_layout.upper(), "seed": seed, "fold_bn": not keep_bn}
+
+
+def summary(
+    arch: ArchArg,
+    alpha: Alpha = 1.0,
+    resolution: Resolution = 224,
+    classes: Classes = 1000,
+    no_top: NoTop = False,
+    padding: Padding = "same",
+    input_layout: Layout = "NCHW",
+    seed: Seed = 0,
+    keep_bn: KeepBN = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
+) -> None:
+    """Keras-like table of a network: layer, kind, output shape, params, multiply-adds."""
+    from export.networks import network_layers  # noqa: PLC0415
+    from export.summary import render_table, summary_dict  # noqa: PLC0415
+
+    try:
+        config, layers = network_layers(
+            arch, **_arch_kwargs(alpha, resolution, classes, no_top, padding, input_layout, seed, keep_bn))
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    result = summary_dict(config.arch, config.alpha, config.resolution, config.classes, layers)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        render_table(result)
+
+
+def export(
+    arch: Annotated[str | None, typer.Argument(
+        help="architecture to export; with --catalog, the catalog file (default models/catalog.toml)")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", help="width multiplier [default: 1.0, or the weights file's]")] = None,
+    resolution: Resolution = 224,
+    classes: Annotated[int | None, typer.Option(
+        "--classes", help="number of classes [default: 1000, or the weights file's]")] = None,
+    no_top: NoTop = False,
+    padding: Annotated[str | None, typer.Option(
+        "--padding", help="same (TF/Keras exact) | symmetric (PyTorch style) "
+                          "[default: same, or symmetric for torchvision weights]")] = None,
+    input_layout: Layout = "NCHW",
+    seed: Seed = 0,
+    keep_bn: KeepBN = False,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", help="Keras HDF5 / .weights.h5 or PyTorch state_dict to import")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="model name (default ARCH_ALPHA_RESOLUTION)")] = None,
+    version: Annotated[int, typer.Option("--version", help="model version folder")] = 1,
+    repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = 8,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,
+    catalog: Annotated[bool, typer.Option(
+        "--catalog", help="export every model a catalog lists (file: the positional argument)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,
+) -> None:
+    """Write REPO/NAME/VERSION/model.onnx and REPO/NAME/config.pbtxt; prints the model path."""
+    from export.catalog import DEFAULT_CATALOG, ExportRequest  # noqa: PLC0415
+    from export.catalog import export as export_one  # noqa: PLC0415
+
+    if catalog:
+        _export_catalog(Path(arch) if arch else DEFAULT_CATALOG, repo, force)
+        return
+    if not arch:
+        raise fail("give an architecture (e.g. `sepconv export mobilenet_v2`) or --catalog [FILE]")
+    try:
+        request = ExportRequest(
+            arch=arch, alpha=alpha, resolution=resolution, classes=classes, include_top=not no_top,
+            padding=padding.lower() if padding else None, input_layout=input_layout.upper(), seed=seed,
+            fold_bn=not keep_bn, weights=weights, name=name, version=version, max_batch_size=max_batch,
+            opset=opset)
+        result = export_one(request, repo or Path("models"), force=True)
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a bug, but still a message rather than a traceback
+        raise fail(f"export failed unexpectedly: {type(exc).__name__}: {exc}", 1) from None
+    typer.echo(str(result.path))
+
+
+def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    from export.catalog import export as export_one  # noqa: PLC0415
+    from export.catalog import load_catalog  # noqa: PLC0415
+
+    try:
+        catalog_repo, requests = load_catalog(path)
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    repo = repo or catalog_repo
+    console = Console(stderr=True)
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("exporting", total=len(requests))
+        for request in requests:
+            progress.update(task, description=f"exporting {request.model_name}")
+            try:
+                results.append(export_one(request, repo, force=force))
+            except ExportError as exc:
+                progress.stop()
+                raise fail(f"{request.model_name}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a bug, but still a message rather than a traceback
+                progress.stop()
+                raise fail(f"{request.model_name}: export failed unexpectedly: {type(exc).__name__}: {exc}", 1) \
+                    from None
+            progress.advance(task)
+        progress.update(task, description="exported")
+    for r in results:
+        note = "up to date" if r.skipped else f"{r.params:,} params, {r.macs / 1e6:,.1f} M MACs"
+        console.print(f"{r.name}: {note}")
+        typer.echo(str(r.path))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``summary`` and ``export`` to the CLI."""
+    app.command("summary")(summary)
+    app.command("export")(export)

@@ -1,9 +1,152 @@
-"""`sepconv profile` (not yet implemented)."""
+"""`sepconv profile`: ask a remote server for a per-layer profile and print it as a table."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
 import typer
+from rich.console import Console
+from rich.table import Table
+
+CSV_FIELDS = ("name", "kind", "op_type", "output_shape", "params", "macs", "time_us_p50", "time_us_p90", "percent",
+              "gmacs_per_s", "fused_into")
+
+
+class ProfileError(Exception):
+    """The server refused or failed the profile (message for the user)."""
+
+
+def request_profile(url: str, model: str, body: dict[str, Any], timeout: float = 900.0, max_waits: int = 20,
+                    on_wait: Any = None) -> dict[str, Any]:
+    """POST the profile; waits out 429 (another profile running) up to ``max_waits`` times."""
+    endpoint = f"{url.rstrip('/')}/v1/models/{model}/profile"
+    for _ in range(max_waits + 1):
+        try:
+            response = httpx.post(endpoint, json=body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ProfileError(f"cannot reach {endpoint}: {exc}") from exc
+        if response.status_code == 429:
+            wait = float(response.headers.get("Retry-After", "2") or 2)
+            if on_wait is not None:
+                on_wait(wait)
+            time.sleep(min(max(wait, 0.5), 30.0))
+            continue
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text[:500]}
+        if response.status_code >= 400:
+            raise ProfileError(f"HTTP {response.status_code}: {payload.get('error', payload)}")
+        return payload
+    raise ProfileError("the server stayed busy with other profiles; try again later")
+
+
+def _fmt_int(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def layers_table(result: dict[str, Any], top: int | None = None) -> Table:
+    rows = sorted(result["layers"], key=lambda r: r["time_us"]["p50"], reverse=True)
+    if top:
+        rows = rows[:top]
+    e2e = result["e2e_ms"]
+    title = (f"{result['model']} · {result['provider']} ({result.get('method', '?')}, "
+             f"{'fused' if result.get('fused', True) else 'unfused'}) · batch {result['batch_size']} · "
+             f"{result['runs']} runs · e2e p50 {e2e['p50']:.3f} ms / p90 {e2e['p90']:.3f} ms")
+    table = Table(title=title, header_style="bold")
+    for col, justify in (("layer", "left"), ("kind", "left"), ("op", "left"), ("output", "left"),
+                         ("params", "right"), ("MACs", "right"), ("p50 µs", "right"), ("p90 µs", "right"),
+                         ("%", "right"), ("GMAC/s", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        name = r["name"] + (f" → {r['fused_into']}" if r.get("fused_into") else "")
+        g = r.get("gmacs_per_s")
+        table.add_row(name, r["kind"], r.get("op_type", ""), "x".join(str(d) for d in r.get("output_shape", [])),
+                      _fmt_int(r["params"]), _fmt_int(r["macs"]), f"{r['time_us']['p50']:.1f}",
+                      f"{r['time_us']['p90']:.1f}", f"{r['percent']:.1f}", "-" if g is None else f"{g:.2f}")
+    return table
+
+
+def kinds_table(result: dict[str, Any]) -> Table:
+    table = Table(title="by kind", header_style="bold")
+    for col in ("kind", "layers", "time %", "MACs %", "params %"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for kind, k in sorted(result["by_kind"].items(), key=lambda kv: kv[1]["time_percent"], reverse=True):
+        table.add_row(kind, str(k["count"]), f"{k['time_percent']:.1f}", f"{k['macs_percent']:.1f}",
+                      f"{k['params_percent']:.1f}")
+    return table
+
+
+def write_csv(result: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in sorted(result["layers"], key=lambda r: r["time_us"]["p50"], reverse=True):
+            writer.writerow({
+                "name": r["name"], "kind": r["kind"], "op_type": r.get("op_type", ""),
+                "output_shape": "x".join(str(d) for d in r.get("output_shape", [])), "params": r["params"],
+                "macs": r["macs"], "time_us_p50": r["time_us"]["p50"], "time_us_p90": r["time_us"]["p90"],
+                "percent": r["percent"], "gmacs_per_s": "" if r.get("gmacs_per_s") is None else r["gmacs_per_s"],
+                "fused_into": r.get("fused_into", ""),
+            })
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+
+    @app.command("profile")
+    def profile(
+        model: Annotated[str, typer.Argument(help="model name on the server")],
+        url: Annotated[str, typer.Option("--url", help="server base URL")] = "http://127.0.0.1:8000",
+        batch: Annotated[int, typer.Option("--batch", help="batch size")] = 1,
+        runs: Annotated[int, typer.Option("--runs", help="timed runs")] = 20,
+        warmup: Annotated[int, typer.Option("--warmup", help="untimed warm-up runs")] = 5,
+        provider: Annotated[str, typer.Option("--provider", help="cpu | cuda")] = "cpu",
+        fused: Annotated[bool, typer.Option("--fused/--unfused", help="optimised (fused) or raw graph")] = True,
+        method: Annotated[str, typer.Option("--method", help="auto | trace | isolated")] = "auto",
+        threads: Annotated[int | None, typer.Option("--threads", help="intra-op threads (default: server's)")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print the server's JSON, not a table")] = False,
+        csv_file: Annotated[Path | None, typer.Option("--csv", help="write the layer rows to this CSV")] = None,
+        top: Annotated[int | None, typer.Option("--top", help="show only the N slowest layers")] = None,
+        timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the server")] = 900.0,
+    ) -> None:
+        """Ask a remote server for a per-layer profile of MODEL and print it sorted by time."""
+        if as_json and csv_file is not None:
+            raise typer.BadParameter("use either --json or --csv FILE, not both")
+        body = {"batch_size": batch, "runs": runs, "warmup": warmup, "provider": provider, "fused": fused,
+                "method": method}
+        if threads is not None:
+            body["threads"] = threads
+        err = Console(stderr=True)
+        try:
+            with err.status(f"profiling {model} on {url} ({runs} runs, batch {batch}, {provider})…") as status:
+                def on_wait(seconds: float) -> None:
+                    status.update(f"another profile is running on the server; retrying in {seconds:.0f} s…")
+                result = request_profile(url, model, body, timeout=timeout, on_wait=on_wait)
+        except ProfileError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        if as_json:
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")
+            return
+        if csv_file is not None:
+            write_csv(result, csv_file)
+            err.print(f"wrote {len(result['layers'])} rows to {csv_file}")
+        out = Console() if sys.stdout.isatty() else Console(width=150)  # pipes and files get the full table
+        out.print(layers_table(result, top))
+        out.print(kinds_table(result))
+        gap = result.get("gap_percent")
+        out.print(f"summed layer time {result.get('layer_sum_ms', 0):.3f} ms vs end-to-end p50 "
+                  f"{result['e2e_ms']['p50']:.3f} ms (gap {'-' if gap is None else f'{gap:+.1f}'}%)")
+        out.print(f"trace (Perfetto / chrome://tracing): {result.get('trace_url', '-')}")

@@ -1,9 +1,65 @@
-"""`sepconv serve` (not yet implemented)."""
+"""`sepconv serve`: the inference server (uvicorn with httptools + uvloop) over a model repository."""
 
 from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("sepconv")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    access = logging.getLogger("sepconv.access")  # one JSON object per line, nothing around it
+    access_handler = logging.StreamHandler(sys.stdout)
+    access_handler.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [access_handler]
+    access.propagate = False
+
+
+def serve(
+    repo: Annotated[Path | None, typer.Option("--repo", help="model repository [env SEPCONV_REPO]")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="bind address (127.0.0.1) [env SEPCONV_HOST]")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="port (default 8000) [env SEPCONV_PORT]")] = None,
+    providers: Annotated[str | None, typer.Option(
+        "--providers", help="auto | cpu | cuda | comma-separated ORT providers [env SEPCONV_PROVIDERS]")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
+) -> None:
+    """Serve the models of a repository over the KServe V2 protocol (and /v1 conv + profiling routes)."""
+    import uvicorn  # noqa: PLC0415
+
+    from service.app import create_app  # noqa: PLC0415
+    from service.settings import Settings  # noqa: PLC0415
+
+    overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "providers": providers}.items()
+                 if v is not None}
+    settings = Settings(**overrides)
+    _configure_logging(log_level)
+    if not Path(settings.repo).is_dir():
+        typer.echo(f"warning: model repository {settings.repo} does not exist (serving no models); "
+                   "run `sepconv export --catalog` first", err=True)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,  # our structured access log replaces uvicorn's
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        server_header=False,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    app.command("serve")(serve)

@@ -1,7 +1,123 @@
-"""``/v1/models/{m}/summary``, ``/v1/models/{m}/profile``, ``/v1/profile/conv`` (to be built: issue 5)."""
+"""Profiling routes: ``GET /v1/models/{m}/summary``, ``POST /v1/models/{m}/profile``,
+``POST /v1/profile/conv`` and ``GET /v1/profile/traces/{id}`` (the Chrome trace behind ``trace_url``).
+
+Handlers are plain ``def`` so FastAPI runs them in its thread pool: a profile takes seconds and must
+not stall the event loop that serves inference. One profile (model or conv) runs at a time per
+server; another one meanwhile gets 429 with ``Retry-After``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import threading
+from typing import Any, Literal
+
+import onnx
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import ApiError
+from service.profile_conv import ConvProfileRequest, profile_conv
+from service.profile_layers import SUMMARY_KEY, graph_summary, public_summary
+from service.profiler import ProfileGate, ProfileRequest, TraceStore, profile_model
+from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["profiling"])
+_init_lock = threading.Lock()
+
+
+class ProfileBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1, description="images per run (at most the model's max batch and profile_max_batch)")
+    runs: int = Field(20, description="timed runs (1..profile_max_runs)")
+    warmup: int = Field(5, description="untimed runs first")
+    provider: str = Field("cpu", description="cpu | cuda")
+    fused: bool = Field(True, description="true: ORT_ENABLE_ALL; false: ORT_DISABLE_ALL (one node per op)")
+    method: Literal["auto", "trace", "isolated"] = Field(
+        "auto", description="auto = trace on CPU, isolated (device-synchronised per-layer runs) on CUDA")
+    threads: int | None = Field(None, description="intra-op threads of the profiling sessions (default: server's)")
+
+
+class ConvProfileBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_shape: list[int] = Field(..., description="[N, H, W, C]")
+    filters: int = Field(..., description="output channels N of the standard and pointwise convs")
+    kernel_size: int | list[int] = 3
+    strides: int | list[int] = 1
+    padding: str | list[list[int]] = "SAME"
+    dilations: int | list[int] = 1
+    depth_multiplier: int = 1
+    runs: int = 20
+    warmup: int = 5
+    provider: str = "cpu"
+    threads: int | None = None
+
+
+def _settings(request: Request) -> Settings:
+    settings = getattr(request.app.state, "settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
+
+
+def _state(request: Request) -> tuple[ProfileGate, TraceStore]:
+    state = request.app.state
+    with _init_lock:
+        if getattr(state, "profile_gate", None) is None:
+            state.profile_gate = ProfileGate()
+        if getattr(state, "profile_traces", None) is None:
+            settings = _settings(request)
+            state.profile_traces = TraceStore(settings.trace_dir, settings.profile_keep_traces)
+    return state.profile_gate, state.profile_traces
+
+
+def _model(request: Request, name: str) -> Any:
+    repository = getattr(request.app.state, "repository", None)
+    if repository is None:
+        raise ApiError(503, "this server has no model repository")
+    return repository.get(name)
+
+
+@router.get("/v1/models/{model_name}/summary", summary="Keras-like layer summary of a loaded model")
+def model_summary(model_name: str, request: Request) -> dict[str, Any]:
+    loaded = _model(request, model_name)
+    raw = (getattr(loaded, "metadata", None) or {}).get(SUMMARY_KEY)
+    if raw:
+        try:
+            summary = json.loads(raw)
+            if isinstance(summary, dict) and isinstance(summary.get("layers"), list):
+                return public_summary(summary)
+        except ValueError:
+            pass
+    return public_summary(graph_summary(onnx.load(str(loaded.path), load_external_data=False)))
+
+
+@router.post("/v1/models/{model_name}/profile", summary="Per-layer profile of a loaded model")
+def profile(model_name: str, request: Request, body: ProfileBody | None = None) -> dict[str, Any]:
+    body = body or ProfileBody()
+    loaded = _model(request, model_name)
+    gate, store = _state(request)
+    req = ProfileRequest(**body.model_dump())
+    with gate.hold(f"profile of {model_name}"):
+        result = profile_model(loaded.path, model_name, req, _settings(request), store,
+                               model_max_batch=loaded.max_batch_size)
+    trace_id = result.pop("trace_id")
+    result["trace_url"] = str(request.url_for("profile_trace", trace_id=f"{trace_id}.json")) if trace_id else None
+    return result
+
+
+@router.post("/v1/profile/conv", summary="Standard vs depthwise vs pointwise vs separable, measured")
+def conv_profile(body: ConvProfileBody, request: Request) -> dict[str, Any]:
+    gate, _ = _state(request)
+    req = ConvProfileRequest(**body.model_dump())
+    with gate.hold("conv profile"):
+        return profile_conv(req, _settings(request))
+
+
+@router.get("/v1/profile/traces/{trace_id}", name="profile_trace",
+            summary="A profile's Chrome trace (open in Perfetto or chrome://tracing)")
+def profile_trace(trace_id: str, request: Request) -> FileResponse:
+    _, store = _state(request)
+    path = store.path(trace_id)
+    return FileResponse(path, media_type="application/json", filename=path.name)

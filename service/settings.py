@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     port: int = 8000
     admin_token: str | None = Field(None, description="bearer token required by repository load/unload")
     max_request_bytes: int = Field(64 * 1024 * 1024, description="largest request body accepted (413 above)")
+    default_max_batch_size: int = Field(8, description="max_batch_size given to models whose config does not say "
+                                                       "(auto-completed from a batch-dynamic ONNX model)")
+    default_queue_delay_us: int = Field(0, description="dynamic batching queue delay for auto-completed configs")
+    batch_workers: int = Field(0, description="session.run calls in flight per model (0 = instance_group count)")
+    run_threads: int = Field(0, description="threads running session.run for all models (0 = automatic)")
+    load_at_startup: bool = Field(True, description="load every model of the repository at start-up")
+    strict_readiness: bool = Field(False, description="/v2/health/ready only when every model loaded (Triton's "
+                                                       "--strict-readiness); otherwise once start-up is done")
+    access_log: bool = Field(True, description="one structured (JSON) log line per request")
+    shutdown_grace_s: float = Field(30.0, description="how long shutdown waits for in-flight requests")
 
     # -- runtime (ONNX Runtime sessions) ----------------------------------------------------
     providers: str = Field("auto", description="'auto' (CUDA if it really starts, else CPU), 'cpu', 'cuda', "
@@ -31,6 +41,9 @@ class Settings(BaseSettings):
     inter_op_threads: int = 0
     graph_optimization: str = Field("all", description="disable | basic | extended | all")
     enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    arena_extend_strategy: str = Field("kNextPowerOfTwo", description="CUDA arena: kNextPowerOfTwo | kSameAsRequested")
+    cuda_device_id: int = 0
 
     # -- /v1/conv endpoints -----------------------------------------------------------------
     conv_max_elements: int = Field(16 * 1024 * 1024, description="largest input/filter/output tensor (elements)")
@@ -41,6 +54,8 @@ class Settings(BaseSettings):
     profile_max_runs: int = 500
     profile_max_batch: int = 64
     trace_dir: Path = Field(Path("traces"), description="where profile traces are kept for trace_url")
+    profile_keep_traces: int = Field(20, description="newest traces kept in trace_dir (older ones deleted)")
+    profile_max_warmup: int = Field(100, description="largest warm-up run count one profile may ask for")
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,196 @@
+"""Export requests and the catalog file (``models/catalog.toml``) that lists the default repository.
+
+An :class:`ExportRequest` is one ``sepconv export`` invocation; :func:`export` builds it, skips it
+when the repository already holds an identical export, and writes it otherwise.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from export.errors import ExportError
+from export.repository import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_REPO,
+    DEFAULT_VERSION,
+    EXPORT_KEY,
+    DynamicBatching,
+    check_max_batch,
+    check_name,
+    check_version,
+    config_pbtxt,
+    export_key,
+    is_up_to_date,
+    model_path,
+    write_model,
+)
+
+DEFAULT_CATALOG = Path("models/catalog.toml")
+
+
+@dataclass
+class ExportRequest:
+    """One export. ``alpha``/``classes``/``padding`` left as ``None`` mean the defaults (1.0, 1000,
+    "same"), or, with a ``weights`` file, what that file says (its width, its classifier, Keras'
+    padding for Keras files and PyTorch's for torchvision ones)."""
+
+    arch: str
+    alpha: float | None = None
+    resolution: int = 224
+    classes: int | None = None
+    include_top: bool = True
+    padding: str | None = None
+    input_layout: str = "NCHW"
+    seed: int = 0
+    fold_bn: bool = True
+    opset: int = 17
+    weights: Path | None = None
+    name: str | None = None
+    version: int = DEFAULT_VERSION
+    max_batch_size: int = DEFAULT_MAX_BATCH
+    dynamic_batching: dict[str, Any] | None = field(default=None)
+
+    def resolved(self, weights: Any = None) -> ExportRequest:
+        """Concrete alpha/classes/padding: given ones first, then the weight source's, then the defaults."""
+        pick = lambda given, attr, default: (  # noqa: E731
+            given if given is not None else (getattr(weights, attr, None) or default))
+        return replace(self, alpha=float(pick(self.alpha, "alpha", 1.0)), classes=pick(self.classes, "classes", 1000),
+                       padding=pick(self.padding, "padding", "same"))
+
+    @property
+    def model_name(self) -> str:
+        from export.networks import NetworkConfig  # noqa: PLC0415
+
+        if self.name is not None:
+            return self.name
+        alpha = 1.0 if self.alpha is None else self.alpha
+        return NetworkConfig(self.arch, alpha=alpha, resolution=self.resolution).default_name
+
+    def network_kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("alpha", "resolution", "classes", "include_top", "padding",
+                                              "input_layout", "seed", "fold_bn", "opset")}
+
+    def key(self) -> str:
+        d = asdict(self)
+        if self.weights is not None:
+            st = Path(self.weights).stat()
+            d["weights"] = f"{Path(self.weights).resolve()}@{st.st_mtime_ns}:{st.st_size}"
+        return export_key(d)
+
+
+@dataclass
+class ExportResult:
+    name: str
+    path: Path
+    skipped: bool
+    macs: int | None = None
+    params: int | None = None
+
+
+def load_weight_source(path: Path, request: ExportRequest) -> Any:
+    """``export.importers.load_weights`` (imported lazily: h5py/torch are optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"weights file {str(path)!r} does not exist")
+    try:
+        from export.importers import load_weights  # noqa: PLC0415
+    except ImportError as exc:
+        raise ExportError(f"importing weights needs export.importers, which is not available: {exc}") from None
+    candidates = {"arch": request.arch, "alpha": request.alpha, "resolution": request.resolution,
+                  "classes": request.classes, "include_top": request.include_top}
+    params = inspect.signature(load_weights).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = candidates
+    else:
+        kwargs = {k: v for k, v in candidates.items() if k in params}
+    try:
+        return load_weights(path, **kwargs)
+    except ExportError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ExportError(f"cannot read weights from {path}: {exc}") from None
+
+
+def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = False) -> ExportResult:
+    """Build and write one model (unless an identical export is already there and not ``force``)."""
+    from export.networks import NetworkConfig, build_network  # noqa: PLC0415
+
+    check_version(request.version)
+    check_max_batch(request.max_batch_size)
+    batching = DynamicBatching.from_dict(request.dynamic_batching)
+    NetworkConfig(request.arch, **request.resolved().network_kwargs()).validate()  # before reading any file
+    source = load_weight_source(request.weights, request) if request.weights is not None else None
+    request = request.resolved(source)
+    NetworkConfig(request.arch, **request.network_kwargs()).validate()
+    name = check_name(request.model_name)
+    key = request.key()
+    if not force and is_up_to_date(repo, name, request.version, key):
+        # the config must match too (the model's I/O comes from the existing file)
+        import onnx  # noqa: PLC0415
+
+        existing = onnx.load(str(model_path(repo, name, request.version)), load_external_data=False)
+        text = config_pbtxt(name, existing, request.max_batch_size, batching)
+        if (Path(repo) / name / "config.pbtxt").read_text() == text:
+            return ExportResult(name, model_path(repo, name, request.version), skipped=True)
+    net = build_network(request.arch, weights=source, **request.network_kwargs())
+    extra = {EXPORT_KEY: key}
+    if source is not None:
+        finish = getattr(source, "finish", None)
+        if callable(finish):
+            finish()  # the importer refuses a file with tensors the network never used
+        describe = getattr(source, "metadata", None)
+        if callable(describe):
+            extra.update({str(k): str(v) for k, v in describe().items()})
+    path = write_model(net.model, repo, name, version=request.version, max_batch=request.max_batch_size,
+                       dynamic_batching=batching, metadata=extra)
+    totals = net.summary()
+    return ExportResult(name, path, skipped=False, macs=totals["macs"], params=totals["total_params"])
+
+
+_FIELDS = {f.name for f in fields(ExportRequest)}
+
+
+def load_catalog(path: Path = DEFAULT_CATALOG) -> tuple[Path, list[ExportRequest]]:
+    """Read a catalog: ``[defaults]`` (``repo``, and any request field) and ``[[model]]`` entries.
+
+    Relative ``repo`` and ``weights`` paths are taken from the current directory (the project root
+    for ``make serve``).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"catalog file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"cannot read catalog {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ExportError(f"catalog {path} is not valid TOML: {exc}") from None
+    defaults = dict(data.get("defaults", {}))
+    repo = Path(defaults.pop("repo", str(DEFAULT_REPO)))
+    models = data.get("model", [])
+    if not isinstance(models, list) or not models:
+        raise ExportError(f"catalog {path} lists no [[model]] entries")
+    requests = []
+    for i, entry in enumerate(models, 1):
+        merged = {**defaults, **entry}
+        unknown = set(merged) - _FIELDS
+        if unknown:
+            raise ExportError(f"catalog {path}, model #{i}: unknown field(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(_FIELDS))}")
+        if "arch" not in merged:
+            raise ExportError(f"catalog {path}, model #{i}: 'arch' is required")
+        if merged.get("weights"):
+            merged["weights"] = Path(merged["weights"])
+        try:
+            requests.append(ExportRequest(**merged))
+        except TypeError as exc:
+            raise ExportError(f"catalog {path}, model #{i}: {exc}") from None
+    names = [r.model_name for r in requests]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ExportError(f"catalog {path} lists the same model name more than once: {', '.join(dupes)}")
+    return repo, requests

@@ -1,0 +1,239 @@
+"""Request scheduling per model: Triton's dynamic batcher on asyncio.
+
+Requests queue per model. ``workers`` coroutines (one per model instance) take the oldest request,
+add every queued request with the same per-item shapes while the batch stays within
+``max_batch_size`` (waiting up to ``max_queue_delay`` for more when that is configured), run one
+``session.run`` in a thread pool (ORT releases the GIL) and split the outputs back by request.
+With no queue delay nothing waits: a batch forms from what queued while the previous run was busy,
+so a lone request is never delayed and concurrent ones are coalesced.
+
+The configured ``max_queue_delay`` is spent only while requests have recently been arriving faster
+than that delay (an exponentially weighted mean of the gaps between arrivals): then waiting can fill a
+batch. A client sending one request at a time would only be slowed by it, so it is not made to wait.
+
+Models without dynamic batching use the same queue with one request per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import ApiError
+
+log = logging.getLogger("sepconv.batcher")
+
+
+@dataclass
+class Job:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    batch: int
+    key: tuple
+    future: asyncio.Future
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    queue_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+    batch_size: int = 0  # size of the batch this job ran in
+    result: dict[str, np.ndarray] | None = None
+
+
+def _signature(inputs: dict[str, np.ndarray], batched: bool) -> tuple:
+    return tuple(sorted((k, v.dtype.str, v.shape[1:] if batched else v.shape) for k, v in inputs.items()))
+
+
+class Scheduler:
+    """Queues requests for one loaded model and runs them, batched when the model allows it."""
+
+    def __init__(self, session: Any, output_names: list[str], executor: Executor, *, max_batch_size: int,
+                 dynamic: bool, max_queue_delay_us: int = 0, preferred_batch_sizes: list[int] | None = None,
+                 workers: int = 1, on_execution: Callable[[int, int, int, int], None] | None = None,
+                 label: str = "") -> None:
+        self.session = session
+        self.output_names = list(output_names)
+        self.executor = executor
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.batched = max_batch_size > 0
+        self.coalesce = dynamic and self.batched
+        self.delay_ns = int(max_queue_delay_us) * 1000
+        preferred = [p for p in (preferred_batch_sizes or []) if p <= self.max_batch_size]
+        self.target = max(preferred) if preferred else self.max_batch_size
+        self.workers = max(1, int(workers))
+        self.on_execution = on_execution
+        self.label = label
+        self._queue: deque[Job] = deque()
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+        self.in_flight = 0
+        self._last_arrival = 0
+        self._mean_gap_ns = float("inf")
+
+    # -- public ------------------------------------------------------------------------------
+    async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str], batch: int) -> Job:
+        """Queue one request; returns the finished job (``job.result`` = requested outputs)."""
+        if self._closed:
+            raise ApiError(503, f"model {self.label} is being unloaded")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._start(loop)
+        job = Job(inputs=inputs, outputs=outputs, batch=batch, key=_signature(inputs, self.batched),
+                  future=loop.create_future())
+        if self._last_arrival:
+            gap = job.enqueued_ns - self._last_arrival
+            self._mean_gap_ns = gap if self._mean_gap_ns == float("inf") else 0.8 * self._mean_gap_ns + 0.2 * gap
+        self._last_arrival = job.enqueued_ns
+        self._queue.append(job)
+        self._event.set()  # type: ignore[union-attr]
+        self.in_flight += 1
+        try:
+            await job.future
+        finally:
+            self.in_flight -= 1
+        return job
+
+    def close(self) -> None:
+        """Stop taking requests; queued ones still run, then the workers end."""
+        self._closed = True
+        if self._loop is not None and self._event is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._event.set)
+            except RuntimeError:
+                pass
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+        self._tasks = [loop.create_task(self._worker(), name=f"batcher-{self.label}-{i}")
+                       for i in range(self.workers)]
+
+    def _queued_batch(self, key: tuple) -> int:
+        return sum(j.batch for j in self._queue if j.key == key)
+
+    async def _worker(self) -> None:
+        assert self._event is not None
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return
+                self._event.clear()
+                await self._event.wait()
+            if self.coalesce and self.delay_ns > 0 and self._mean_gap_ns < self.delay_ns:
+                head = self._queue[0]
+                deadline = head.enqueued_ns + self.delay_ns
+                while (not self._closed and self._queue and self._queue[0] is head
+                       and self._queued_batch(head.key) < self.target):
+                    left = deadline - time.perf_counter_ns()
+                    if left <= 0:
+                        break
+                    self._event.clear()
+                    try:
+                        await asyncio.wait_for(self._event.wait(), timeout=left / 1e9)
+                    except TimeoutError:
+                        break
+            jobs = self._take()
+            if not jobs:
+                continue
+            try:
+                await self._run(jobs)
+            except Exception as exc:  # noqa: BLE001 - never let a worker die
+                log.exception("batch run failed")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ApiError(500, f"inference failed: {exc}"))
+
+    def _take(self) -> list[Job]:
+        while self._queue and self._queue[0].future.done():  # cancelled (client went away)
+            self._queue.popleft()
+        if not self._queue:
+            return []
+        head = self._queue.popleft()
+        jobs, total = [head], head.batch
+        if self.coalesce and total < self.max_batch_size:
+            keep: deque[Job] = deque()
+            while self._queue:
+                job = self._queue.popleft()
+                if job.future.done():
+                    continue
+                if job.key == head.key and total + job.batch <= self.max_batch_size:
+                    jobs.append(job)
+                    total += job.batch
+                    if total >= self.max_batch_size:
+                        break
+                else:
+                    keep.append(job)
+            keep.extend(self._queue)
+            self._queue = keep
+        return jobs
+
+    async def _run(self, jobs: list[Job]) -> None:
+        start = time.perf_counter_ns()
+        for job in jobs:
+            job.queue_ns = start - job.enqueued_ns
+        names = [n for n in self.output_names if any(n in j.outputs for j in jobs)]
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.executor, self._execute, jobs, names)
+        for job, res in zip(jobs, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(res, BaseException):
+                job.future.set_exception(res)
+            else:
+                job.result = res
+                job.future.set_result(None)
+
+    # -- in the run thread ---------------------------------------------------------------------------
+    def _execute(self, jobs: list[Job], names: list[str]) -> list[dict[str, np.ndarray] | BaseException]:
+        if len(jobs) == 1:
+            return [self._execute_one(jobs[0], names)]
+        t0 = time.perf_counter_ns()
+        feed = {k: np.concatenate([j.inputs[k] for j in jobs], axis=0) for k in jobs[0].inputs}
+        t1 = time.perf_counter_ns()
+        try:
+            outs = self.session.run(names, feed)
+        except Exception:  # noqa: BLE001 - one bad request must not fail the others: run them alone
+            return [self._execute_one(j, [n for n in names if n in j.outputs]) for j in jobs]
+        t2 = time.perf_counter_ns()
+        results: list[dict[str, np.ndarray] | BaseException] = []
+        offset = 0
+        total = sum(j.batch for j in jobs)
+        for job in jobs:
+            sl = slice(offset, offset + job.batch)
+            offset += job.batch
+            results.append({n: o[sl] for n, o in zip(names, outs, strict=True) if n in job.outputs})
+        t3 = time.perf_counter_ns()
+        for job in jobs:
+            job.input_ns, job.infer_ns, job.output_ns, job.batch_size = t1 - t0, t2 - t1, t3 - t2, total
+        if self.on_execution is not None:
+            self.on_execution(total, t1 - t0, t2 - t1, t3 - t2)
+        return results
+
+    def _execute_one(self, job: Job, names: list[str]) -> dict[str, np.ndarray] | BaseException:
+        t0 = time.perf_counter_ns()
+        try:
+            outs = self.session.run(names, job.inputs)
+        except Exception as exc:  # noqa: BLE001 - ORT reports bad input through many exception types
+            return ApiError(400, f"inference failed: {str(exc).strip()[:500]}")
+        t1 = time.perf_counter_ns()
+        result = dict(zip(names, outs, strict=True))
+        t2 = time.perf_counter_ns()
+        job.input_ns, job.infer_ns, job.output_ns, job.batch_size = 0, t1 - t0, t2 - t1, job.batch
+        if self.on_execution is not None:
+            self.on_execution(job.batch, 0, t1 - t0, t2 - t1)
+        return result

@@ -1,0 +1,69 @@
+"""A bounded LRU of compiled ``/v1/conv`` graphs: one ONNX Runtime session per :class:`ConvKey`.
+
+Repeated shapes reuse the session (filter values are run-time inputs). Counters (hits, misses, builds,
+evictions) are exposed by ``GET /v1/conv/cache`` so a test or an operator can see the reuse.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from service.conv_graphs import ConvGraph, ConvKey
+
+
+@dataclass(frozen=True)
+class CompiledConv:
+    graph: ConvGraph
+    session: Any  # onnxruntime.InferenceSession
+    provider: str  # the provider the session really runs on (first of get_providers())
+    build_ms: float
+
+
+class ConvCache:
+    """Thread-safe LRU; a miss builds under the lock so one key is never compiled twice at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(int(capacity), 1)
+        self._entries: OrderedDict[ConvKey, CompiledConv] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.builds = 0
+        self.evictions = 0
+
+    def get(self, key: ConvKey) -> CompiledConv | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def get_or_build(self, key: ConvKey, build: Callable[[], CompiledConv]) -> tuple[CompiledConv, bool]:
+        """The entry for ``key`` and whether it was already cached (``build`` runs on a miss)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return entry, True
+            self.misses += 1
+            entry = build()
+            self.builds += 1
+            self._entries[key] = entry
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+                self.evictions += 1
+            return entry, False
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"size": len(self._entries), "capacity": self.capacity, "hits": self.hits,
+                    "misses": self.misses, "builds": self.builds, "evictions": self.evictions}

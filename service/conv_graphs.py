@@ -1,0 +1,108 @@
+"""The single-op ONNX graph behind a ``/v1/conv/{op}`` request, built with :mod:`export.layers`.
+
+The graph depends on shapes and arguments only: the filters and the bias are graph *inputs*
+(:class:`export.layers.GraphWeight`), so one graph — and one ONNX Runtime session — serves every request
+with the same :class:`ConvKey`, whatever the filter values. The batch axis is symbolic.
+
+Graph inputs: ``input`` (in ``data_format``), ``filter`` (conv2d, depthwise_conv2d) or
+``depthwise_filter`` + ``pointwise_filter`` (separable_conv2d), optionally ``bias``; output ``output``.
+Params and multiply-adds come from the layers' own accounting (:class:`export.graph.LayerInfo`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx
+
+from export import layers
+from export.graph import GraphBuilder
+
+OPS = ("conv2d", "depthwise_conv2d", "separable_conv2d")
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class ConvKey:
+    """Everything a graph/session depends on (the cache signature); pads are already resolved."""
+
+    op: str
+    chw: tuple[int, int, int]  # input channels, height, width (per image)
+    filter_shapes: tuple[tuple[int, ...], ...]  # TF layouts, in graph-input order
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int]  # top, bottom, left, right
+    data_format: str
+    activation: str | None
+    bias: bool
+    providers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConvGraph:
+    """A built graph and its accounting (per image)."""
+
+    key: ConvKey
+    builder: GraphBuilder
+    out_shape: tuple[int, ...]  # per image, in data_format order (no batch axis)
+    params: int  # Keras' count for the layer (SeparableConv2D: depthwise + pointwise + bias)
+    macs: int
+    standard_conv_macs: int  # a standard conv with the same in/out channels, kernel, strides, padding
+    max_activation_elements: int  # largest tensor the graph computes, per image (separable: depthwise output too)
+
+    @property
+    def cost_ratio(self) -> float:
+        return self.macs / self.standard_conv_macs
+
+    @property
+    def out_elements(self) -> int:
+        n = 1
+        for d in self.out_shape:
+            n *= d
+        return n
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """The checked model (``onnx.checker`` full + strict shape inference)."""
+        return self.builder.to_model(metadata={"sepconv.conv_op": self.key.op})
+
+
+def build(key: ConvKey) -> ConvGraph:
+    """Build the graph for ``key`` with the exporter's layers (raises ``ExportError`` for bad shapes)."""
+    c, h, w = key.chw
+    b = GraphBuilder(f"sepconv_{key.op}", opset=OPSET)
+    x = layers.network_input(b, "input", key.data_format, c, h, w)
+    bias = layers.GraphWeight("bias", (_out_channels(key),)) if key.bias else None
+    args = dict(bias=bias, strides=list(key.strides), padding=list(key.pads), dilations=list(key.dilations),
+                data_format=key.data_format, act=key.activation)
+    if key.op == "conv2d":
+        y = layers.conv2d(b, x, layers.GraphWeight("filter", key.filter_shapes[0]), name="conv2d", **args)
+    elif key.op == "depthwise_conv2d":
+        y = layers.depthwise_conv2d(b, x, layers.GraphWeight("filter", key.filter_shapes[0]),
+                                    name="depthwise_conv2d", **args)
+    elif key.op == "separable_conv2d":
+        y = layers.separable_conv2d(b, x, layers.GraphWeight("depthwise_filter", key.filter_shapes[0]),
+                                    layers.GraphWeight("pointwise_filter", key.filter_shapes[1]),
+                                    name="separable_conv2d", **args)
+    else:
+        raise ValueError(f"unknown convolution op {key.op!r}")
+    layers.network_output(b, y, "output", key.data_format)
+
+    kh, kw = key.filter_shapes[0][:2]
+    ho, wo = y.hw
+    cout = y.channels
+    out_shape = (ho, wo, cout) if key.data_format == "NHWC" else (cout, ho, wo)
+    return ConvGraph(
+        key=key,
+        builder=b,
+        out_shape=out_shape,
+        params=sum(layer.params for layer in b.layers),
+        macs=sum(layer.macs for layer in b.layers),
+        standard_conv_macs=ho * wo * kh * kw * c * cout,
+        max_activation_elements=max(math.prod(layer.output_shape) for layer in b.layers),
+    )
+
+
+def _out_channels(key: ConvKey) -> int:
+    last = key.filter_shapes[-1]
+    return last[3] * (last[2] if key.op == "depthwise_conv2d" else 1)

@@ -1,0 +1,187 @@
+"""ONNX Runtime sessions, made one way for the whole service.
+
+* :func:`available_providers` — what this onnxruntime build offers.
+* :func:`resolve_providers` — turn ``"auto" | "cpu" | "cuda" | "A,B" | [names]`` into ORT provider names.
+* :func:`make_session` — an ``InferenceSession`` with graph optimisation, threads and arena options from
+  :class:`~service.settings.Settings`; afterwards it checks ``get_providers()``: when CUDA was asked for
+  and the session runs on CPU only, ``strict_providers`` raises :class:`ProviderError` (a clear load
+  failure), otherwise a warning is logged.
+
+Every session in the service (models, ``/v1/conv`` graphs, profiling runs) is made here.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import onnxruntime as ort
+
+from service.errors import ApiError
+from service.settings import Settings
+
+log = logging.getLogger("sepconv.runtime")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+GPU_PROVIDERS = frozenset({CUDA, "TensorrtExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
+                           "DmlExecutionProvider"})
+
+_ALIASES = {
+    "cpu": [CPU],
+    "cuda": [CUDA, CPU],
+    "gpu": [CUDA, CPU],
+    "tensorrt": ["TensorrtExecutionProvider", CUDA, CPU],
+    "trt": ["TensorrtExecutionProvider", CUDA, CPU],
+}
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class ProviderError(ApiError):
+    """The requested execution provider cannot be used (unknown, or fell back under ``strict``)."""
+
+    def __init__(self, message: str, status_code: int = 503) -> None:
+        super().__init__(status_code, message)
+
+
+@lru_cache(maxsize=1)
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers (CUDA listed does not mean it will start)."""
+    return list(ort.get_available_providers())
+
+
+def cuda_listed() -> bool:
+    return CUDA in available_providers()
+
+
+def _expand(name: str) -> list[str]:
+    key = name.strip()
+    if not key:
+        return []
+    if key.lower() in _ALIASES:
+        return list(_ALIASES[key.lower()])
+    if key.lower() == "auto":
+        return [CUDA, CPU] if cuda_listed() else [CPU]
+    lowered = {p.lower(): p for p in (*available_providers(), CPU, CUDA, *GPU_PROVIDERS)}
+    canonical = lowered.get(key.lower()) or lowered.get(key.lower() + "executionprovider")
+    if canonical is None:
+        raise ProviderError(
+            f"unknown execution provider {name!r}; use auto, cpu, cuda or one of {', '.join(available_providers())}",
+            status_code=400,
+        )
+    return [canonical]
+
+
+def resolve_providers(requested: str | list[str] | tuple[str, ...] | None, settings: Settings) -> list[str]:
+    """ORT provider names (in priority order) for ``requested`` (``None`` -> ``settings.providers``).
+
+    ``auto`` = CUDA first when this build lists it, then CPU; ``cpu``; ``cuda`` (CUDA then CPU, so a
+    fallback is detectable afterwards); or a comma-separated list / list of provider names. CPU is always
+    appended last so a session can be made at all. Unknown names -> :class:`ProviderError` (400).
+    """
+    if requested is None or (isinstance(requested, str) and not requested.strip()):
+        requested = settings.providers
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    out: list[str] = []
+    for name in names:
+        for provider in _expand(str(name)):
+            if provider not in out:
+                out.append(provider)
+    if not out:
+        out = [CPU]
+    if CPU not in out:
+        out.append(CPU)
+    return out
+
+
+def wants_gpu(providers: list[str]) -> bool:
+    return any(p in GPU_PROVIDERS for p in providers)
+
+
+def _is_auto(requested: str | list[str] | tuple[str, ...] | None, settings: Settings) -> bool:
+    value = settings.providers if requested is None else requested
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def session_options(settings: Settings, *, enable_profiling: bool = False, profile_prefix: str | None = None,
+                    optimization: str | None = None, intra_op_threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    level = (optimization or settings.graph_optimization).strip().lower()
+    if level not in _OPT_LEVELS:
+        raise ApiError(400, f"unknown graph optimisation level {level!r}; use one of {', '.join(_OPT_LEVELS)}")
+    opts.graph_optimization_level = _OPT_LEVELS[level]
+    threads = settings.intra_op_threads if intra_op_threads is None else intra_op_threads
+    if threads and threads > 0:
+        opts.intra_op_num_threads = int(threads)
+    if settings.inter_op_threads and settings.inter_op_threads > 0:
+        opts.inter_op_num_threads = int(settings.inter_op_threads)
+    opts.enable_cpu_mem_arena = bool(settings.enable_cpu_mem_arena)
+    opts.enable_mem_pattern = bool(settings.enable_mem_pattern)
+    opts.log_severity_level = 3  # errors only; fallbacks are reported by us
+    if enable_profiling:
+        opts.enable_profiling = True
+        if profile_prefix:
+            opts.profile_file_prefix = str(profile_prefix)
+    return opts
+
+
+def _provider_options(providers: list[str], settings: Settings) -> list[dict[str, str]]:
+    options: list[dict[str, str]] = []
+    for p in providers:
+        if p == CUDA:
+            options.append({
+                "device_id": str(settings.cuda_device_id),
+                "arena_extend_strategy": settings.arena_extend_strategy,
+            })
+        elif p == CPU:
+            options.append({})
+        else:
+            options.append({})
+    return options
+
+
+def make_session(
+    model: str | Path | bytes,
+    settings: Settings,
+    *,
+    providers: str | list[str] | None = None,
+    enable_profiling: bool = False,
+    profile_prefix: str | None = None,
+    optimization: str | None = None,
+    intra_op_threads: int | None = None,
+) -> ort.InferenceSession:
+    """A session for ``model`` (path or serialized bytes) with the service's options.
+
+    After creation the providers the session really got are compared with the request: GPU asked for
+    but only CPU running -> :class:`ProviderError` when ``settings.strict_providers`` (and the request
+    was explicit, not ``auto``), else a logged warning. ``session.get_providers()`` tells the truth.
+    """
+    wanted = resolve_providers(providers, settings)
+    opts = session_options(settings, enable_profiling=enable_profiling, profile_prefix=profile_prefix,
+                           optimization=optimization, intra_op_threads=intra_op_threads)
+    source = model if isinstance(model, bytes) else str(model)
+    # Only ask ORT for providers this build has; a missing one is a fallback we report ourselves.
+    usable = [p for p in wanted if p in available_providers() or p == CPU]
+    session = ort.InferenceSession(source, sess_options=opts, providers=usable,
+                                   provider_options=_provider_options(usable, settings))
+    got = session.get_providers()
+    if wants_gpu(wanted) and not wants_gpu(got):
+        asked = [p for p in wanted if p in GPU_PROVIDERS]
+        why = ("this onnxruntime build does not offer it" if not any(p in available_providers() for p in asked)
+               else "it failed to start (no usable GPU or CUDA libraries)")
+        message = f"{', '.join(asked)} was requested but the session runs on {', '.join(got)}: {why}"
+        if settings.strict_providers and not _is_auto(providers, settings):
+            raise ProviderError(message + " (strict providers: refusing the CPU fallback)")
+        if not _is_auto(providers, settings):
+            log.warning("%s; falling back to CPU", message)
+        else:
+            log.info("%s; using CPU (auto)", message)
+    return session

@@ -1,0 +1,285 @@
+"""Decoding V2 inference requests and encoding responses, JSON and Triton's binary tensor extension.
+
+Request body = a JSON header, optionally followed by raw tensor bytes; the header length comes in the
+``Inference-Header-Content-Length`` HTTP header and each binary input says its size in
+``parameters.binary_data_size``. Responses put outputs in binary the same way when the client asks
+(``binary_data_output`` for all, or ``binary_data`` per requested output). BYTES tensors travel as
+4-byte little-endian length + bytes per element.
+
+Everything here is plain functions over bytes/numpy (no pydantic) to keep the hot path short;
+every client mistake raises ``ApiError(400, ...)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.datatypes import V2_TO_NUMPY, element_size
+from service.errors import ApiError
+
+_OPT = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    array: np.ndarray
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] | None  # None = all, with the request-level binary choice
+    binary_output: bool
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise _bad(f"input {name!r}: 'shape' must be a list of integers")
+    if any(d < 0 for d in value):
+        raise _bad(f"input {name!r}: shape {value} has a negative dimension")
+    return value
+
+
+def _bool_param(params: dict[str, Any], key: str, where: str) -> bool | None:
+    if key not in params:
+        return None
+    value = params[key]
+    if not isinstance(value, bool):
+        raise _bad(f"{where}: parameter {key!r} must be true or false")
+    return value
+
+
+def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
+    """Triton's BYTES binary form: per element a uint32 LE length and the bytes."""
+    items: list[bytes] = []
+    pos, size = 0, len(buf)
+    for _ in range(count):
+        if pos + 4 > size:
+            raise _bad(f"input {name!r}: BYTES data ends inside an element length")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if pos + n > size:
+            raise _bad(f"input {name!r}: BYTES element of {n} bytes runs past the data")
+        items.append(bytes(buf[pos:pos + n]))
+        pos += n
+    if pos != size:
+        raise _bad(f"input {name!r}: {size - pos} bytes left over after {count} BYTES elements")
+    arr = np.empty(count, dtype=object)
+    arr[:] = items
+    return arr
+
+
+def encode_bytes_elements(arr: np.ndarray) -> bytes:
+    parts = []
+    for item in arr.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(struct.pack("<I", len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        flat = data
+        if isinstance(flat, list) and flat and isinstance(flat[0], list):
+            flat = np.array(flat, dtype=object).reshape(-1).tolist()
+        if not isinstance(flat, list):
+            raise _bad(f"input {name!r}: 'data' must be a list")
+        if len(flat) != count:
+            raise _bad(f"input {name!r}: shape {shape} needs {count} elements, 'data' has {len(flat)}")
+        items = []
+        for x in flat:
+            if isinstance(x, str):
+                items.append(x.encode("utf-8"))
+            elif isinstance(x, dict) and isinstance(x.get("b64"), str):
+                try:
+                    items.append(base64.b64decode(x["b64"], validate=True))
+                except ValueError as exc:
+                    raise _bad(f"input {name!r}: bad base64 in BYTES data") from exc
+            else:
+                raise _bad(f"input {name!r}: BYTES elements must be strings")
+        arr = np.empty(count, dtype=object)
+        arr[:] = items
+        return arr.reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if not isinstance(data, list):
+        raise _bad(f"input {name!r}: 'data' must be a list (flat or nested)")
+    if datatype == "BOOL":
+        ok = all(isinstance(x, bool) for x in (data if not data or not isinstance(data[0], list)
+                                                 else np.array(data, dtype=object).reshape(-1)))
+        if not ok:
+            raise _bad(f"input {name!r}: BOOL data must be true/false")
+    try:
+        arr = np.array(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _bad(f"input {name!r}: 'data' is not a regular array of {datatype} numbers ({exc})") from exc
+    if dtype.kind in "iu" and arr.size:
+        # np.array silently truncates floats into ints; refuse non-integers instead
+        try:
+            probe = np.array(data, dtype=np.float64)
+        except (ValueError, TypeError) as exc:
+            raise _bad(f"input {name!r}: 'data' is not numeric") from exc
+        if not np.array_equal(probe, np.floor(probe)):
+            raise _bad(f"input {name!r}: {datatype} data must be integers")
+        info = np.iinfo(dtype)
+        if probe.min() < info.min or probe.max() > info.max:
+            raise _bad(f"input {name!r}: values out of range for {datatype}")
+    if arr.dtype == object:
+        raise _bad(f"input {name!r}: 'data' is not a regular (rectangular) array")
+    if arr.size != count:
+        raise _bad(f"input {name!r}: shape {shape} needs {count} elements, 'data' has {arr.size}")
+    return arr.reshape(shape)
+
+
+def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Decode a V2 infer body (JSON or JSON + binary tensors)."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise _bad(f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes")
+        header_bytes, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        header_bytes, binary = body, memoryview(b"")
+    try:
+        header = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"malformed JSON in the inference request: {exc}") from exc
+    if not isinstance(header, dict):
+        raise _bad("the inference request must be a JSON object")
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _bad("'parameters' must be an object")
+    req_id = header.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        req_id = str(req_id)
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("'inputs' must be a non-empty list")
+    inputs: list[InputTensor] = []
+    offset = 0
+    seen: set[str] = set()
+    for raw in raw_inputs:
+        if not isinstance(raw, dict):
+            raise _bad("each input must be an object with name, shape, datatype")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise _bad("each input needs a 'name'")
+        if name in seen:
+            raise _bad(f"input {name!r} is given twice")
+        seen.add(name)
+        datatype = raw.get("datatype")
+        if datatype not in V2_TO_NUMPY:
+            raise _bad(f"input {name!r}: unsupported datatype {datatype!r}")
+        shape = _shape(raw.get("shape"), name)
+        iparams = raw.get("parameters") or {}
+        if not isinstance(iparams, dict):
+            raise _bad(f"input {name!r}: 'parameters' must be an object")
+        if "shared_memory_region" in iparams:
+            raise _bad(f"input {name!r}: shared-memory inputs are not supported by this server")
+        size = iparams.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if "data" in raw:
+                raise _bad(f"input {name!r}: give either 'data' or binary_data_size, not both")
+            if offset + size > len(binary):
+                raise _bad(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                           f"({len(binary) - offset} binary bytes left)")
+            chunk = binary[offset:offset + size]
+            offset += size
+            count = math.prod(shape)
+            if datatype == "BYTES":
+                arr = decode_bytes_elements(chunk, count, name).reshape(shape)
+            else:
+                itemsize = element_size(datatype)
+                if size != count * itemsize:
+                    raise _bad(f"input {name!r}: shape {shape} of {datatype} needs {count * itemsize} bytes, "
+                               f"binary_data_size is {size}")
+                arr = np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype], count=count).reshape(shape)
+                if not arr.flags.aligned:
+                    arr = arr.copy()
+        elif "data" in raw:
+            arr = _json_data(raw["data"], datatype, shape, name)
+        else:
+            raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        inputs.append(InputTensor(name=name, datatype=datatype, shape=shape, array=arr))
+    if offset != len(binary):
+        raise _bad(f"the body has {len(binary) - offset} binary bytes that no input's binary_data_size accounts for")
+
+    binary_output = bool(_bool_param(params, "binary_data_output", "request"))
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = header.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise _bad("'outputs' must be a list")
+        outputs = []
+        for raw in raw_outputs:
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise _bad("each requested output must be an object with a 'name'")
+            oparams = raw.get("parameters") or {}
+            if not isinstance(oparams, dict):
+                raise _bad(f"output {raw['name']!r}: 'parameters' must be an object")
+            if oparams.get("classification"):
+                raise _bad(f"output {raw['name']!r}: the classification extension is not supported")
+            if "shared_memory_region" in oparams:
+                raise _bad(f"output {raw['name']!r}: shared-memory outputs are not supported by this server")
+            b = _bool_param(oparams, "binary_data", f"output {raw['name']!r}")
+            outputs.append(RequestedOutput(name=raw["name"], binary=binary_output if b is None else b))
+        if len({o.name for o in outputs}) != len(outputs):
+            raise _bad("an output is requested twice")
+    return InferRequest(id=req_id, inputs=inputs, outputs=outputs, binary_output=binary_output, parameters=params)
+
+
+def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
+                          outputs: list[tuple[str, str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
+    """(body, header_length) — header_length is None when the body is all JSON.
+
+    ``outputs`` = (name, datatype, array, binary) in the order to return them.
+    """
+    out_json: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, datatype, arr, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if binary:
+            if datatype == "BYTES":
+                blob = encode_bytes_elements(arr)
+            else:
+                blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                             for x in arr.reshape(-1)]
+        else:
+            entry["data"] = np.ascontiguousarray(arr).reshape(-1)
+        out_json.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = out_json
+    header = orjson.dumps(response, option=_OPT)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,111 @@
+"""The profiling engine without a server: node->layer mapping across architectures and ORT rewrites."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export import layers as L
+from export.graph import GraphBuilder
+from export.networks import build_network
+from service import profile_trace as pt
+from service.errors import ApiError
+from service.profile_isolated import layer_graphs
+from service.profiler import ProfileRequest, TraceStore, profile_model
+from service.settings import Settings
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(trace_dir=tmp_path / "traces", profile_keep_traces=2)
+
+
+@pytest.mark.parametrize(("arch", "layout", "fused"), [
+    ("mobilenet_v3_small", "NCHW", False),  # ORT inlines HardSwish into HardSigmoid+Mul, unnamed
+    ("mobilenet_v3_small", "NHWC", True),  # input Transpose; SE blocks; fused HardSwish
+    ("mobilenet_v1", "NHWC", True),
+])
+def test_every_runtime_node_maps_to_a_layer(arch: str, layout: str, fused: bool, tmp_path: Path,
+                                            settings: Settings) -> None:
+    net = build_network(arch, alpha=0.5, resolution=64, input_layout=layout)
+    path = tmp_path / "model.onnx"
+    onnx.save(net.model, path)
+    result = profile_model(path, arch, ProfileRequest(runs=2, warmup=1, fused=fused), settings,
+                           TraceStore(settings.trace_dir, 2))
+    assert [r["name"] for r in result["layers"]] == [la.name for la in net.layers]
+    assert result["unattributed_nodes"] == []
+    assert result["unattributed_us"]["p50"] == 0
+    for row in result["layers"]:
+        assert row.get("nodes") or row.get("fused_into"), row
+
+
+def _residual_graph() -> onnx.ModelProto:
+    """conv(8) -> depthwise -> project(8) + residual add: 8 channels force ORT's ReorderOutput nodes."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("residual")
+    x = L.network_input(b, "input", "NCHW", 3, 16, 16)
+    x = L.conv2d(b, x, rng.standard_normal((3, 3, 3, 8)), name="stem", act="relu6")
+    y = L.depthwise_conv2d(b, x, rng.standard_normal((3, 3, 8, 1)), name="dw", act="relu6")
+    y = L.conv2d(b, y, rng.standard_normal((1, 1, 8, 8)), bias=np.zeros(8), name="project")
+    x = L.add(b, x, y, name="add")
+    L.network_output(b, x, "out", "NCHW")
+    summary = {"layers": [la.as_dict() for la in b.layers]}
+    return b.to_model({"sepconv.summary": json.dumps(summary)})
+
+
+def test_fused_add_and_layout_nodes(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "residual.onnx"
+    onnx.save(_residual_graph(), path)
+    result = profile_model(path, "residual", ProfileRequest(runs=3, warmup=1), settings,
+                           TraceStore(settings.trace_dir, 2))
+    rows = {r["name"]: r for r in result["layers"]}
+    assert rows["add"]["fused_into"] == "project" and rows["add"]["time_us"]["p50"] == 0
+    assert any(n.endswith("_nchwc") for n in rows["project"]["nodes"])
+    assert result["unattributed_nodes"] == []
+    unfused = profile_model(path, "residual", ProfileRequest(runs=3, warmup=1, fused=False), settings,
+                            TraceStore(settings.trace_dir, 2))
+    rows = {r["name"]: r for r in unfused["layers"]}
+    assert rows["add"]["nodes"] == ["add"] and rows["stem"]["nodes"] == ["stem", "stem_relu6"]
+
+
+def test_trace_runs_and_percentiles() -> None:
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 30, "args": {"provider": "CPUExecutionProvider"}},
+        {"cat": "Node", "name": "b_kernel_time", "ts": 50, "dur": 20},
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 210, "dur": 40},
+        {"cat": "Node", "name": "a_kernel_time", "ts": 260, "dur": 5},  # a node run twice in one run adds up
+        {"cat": "Node", "name": "stray_kernel_time", "ts": 500, "dur": 99},  # outside every run
+    ]
+    assert pt.runs_of(events) == [{"a": 30.0, "b": 20.0}, {"a": 45.0}]
+    assert pt.execution_order(events) == ["a", "a"]
+    assert pt.run_walls(events) == [100.0, 100.0]
+    assert pt.percentile([1, 2, 3, 4, 5], 90) == pytest.approx(4.6)
+    assert pt.summarize([3.0, 1.0, 2.0]) == {"p50": 2.0, "p90": 2.8}
+
+
+def test_layer_graphs_are_standalone_models() -> None:
+    model = _residual_graph()
+    layers = json.loads(model.metadata_props[0].value)["layers"]
+    graphs = {lg.name: lg for lg in layer_graphs(model, layers)}
+    assert set(graphs) == {"stem", "dw", "project", "add"}
+    add = graphs["add"].model
+    assert add is not None and len(add.graph.input) == 2  # the residual and the projection
+    for lg in graphs.values():
+        onnx.checker.check_model(lg.model, full_check=True)
+
+
+def test_trace_store_keeps_the_newest(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path, keep=2)
+    ids = [store.save([{"name": str(i)}], {}) for i in range(3)]
+    assert store.path(ids[-1]).is_file() and store.path(ids[-1] + ".json").is_file()
+    with pytest.raises(ApiError, match="no trace"):
+        store.path(ids[0])
+    for bad in ("../../etc/passwd", "a" * 31, "A" * 32):
+        with pytest.raises(ApiError, match="no trace"):
+            store.path(bad)

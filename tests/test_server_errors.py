@@ -1,0 +1,164 @@
+"""Every kind of bad client input gets the right 4xx with ``{"error": ...}`` (never a 500), and the server
+keeps answering correctly afterwards."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as httpclient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import CNN_SHAPE
+from tests.serving import running_server
+
+GOOD_X = np.ones((1, *CNN_SHAPE), np.float32)
+
+
+def _json_infer(shape, data, datatype="FP32", name="input", **extra) -> bytes:
+    return orjson.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}], **extra})
+
+
+def _binary(header: dict, blob: bytes) -> tuple[bytes, dict[str, str]]:
+    h = orjson.dumps(header)
+    return h + blob, {"Inference-Header-Content-Length": str(len(h))}
+
+
+def _bin_input(size: int, shape=None, datatype="FP32") -> dict:
+    return {"inputs": [{"name": "input", "shape": shape or [1, *CNN_SHAPE], "datatype": datatype,
+                        "parameters": {"binary_data_size": size}}]}
+
+
+N = int(np.prod(CNN_SHAPE))
+CASES = [
+    # (id, method, path, body, headers, status, message fragment)
+    ("malformed json", "POST", "/v2/models/tiny/infer", b"{not json", {}, 400, "malformed JSON"),
+    ("json not an object", "POST", "/v2/models/tiny/infer", b"[1, 2]", {}, 400, "JSON object"),
+    ("no inputs", "POST", "/v2/models/tiny/infer", b'{"inputs": []}', {}, 400, "inputs"),
+    ("input not an object", "POST", "/v2/models/tiny/infer", b'{"inputs": [3]}', {}, 400, "object"),
+    ("unknown input", "POST", "/v2/models/tiny/infer", _json_infer([1, 8, 8, 3], [0.0] * N, name="image"), {},
+     400, "unknown input"),
+    ("missing input", "POST", "/v2/models/multi_io/infer", _json_infer([1, 4], [0.0] * 4, name="a"), {}, 400,
+     "missing input"),
+    ("wrong datatype", "POST", "/v2/models/tiny/infer", _json_infer([1, 8, 8, 3], [0] * N, "INT32"), {}, 400,
+     "datatype"),
+    ("unsupported datatype", "POST", "/v2/models/tiny/infer", _json_infer([1, 8, 8, 3], [0] * N, "FP8"), {}, 400,
+     "unsupported datatype"),
+    ("wrong rank", "POST", "/v2/models/tiny/infer", _json_infer([8, 8, 3], [0.0] * N), {}, 400, "shape"),
+    ("wrong spatial size", "POST", "/v2/models/tiny/infer", _json_infer([1, 4, 16, 3], [0.0] * N), {}, 400,
+     "shape"),
+    ("negative dim", "POST", "/v2/models/tiny/infer", _json_infer([-1, 8, 8, 3], [0.0] * N), {}, 400, "negative"),
+    ("shape not ints", "POST", "/v2/models/tiny/infer", _json_infer(["1", 8, 8, 3], [0.0] * N), {}, 400,
+     "integers"),
+    ("too few elements", "POST", "/v2/models/tiny/infer", _json_infer([1, 8, 8, 3], [0.0] * (N - 1)), {}, 400,
+     "elements"),
+    ("ragged nested data", "POST", "/v2/models/tiny/infer", _json_infer([1, 8, 8, 3], [[0.0, 1.0], [2.0]]), {}, 400,
+     "regular"),
+    ("non-numeric data", "POST", "/v2/models/tiny/infer", _json_infer([1, 8, 8, 3], ["x"] * N), {}, 400, "input"),
+    ("float into int64", "POST", "/v2/models/multi_io/infer",
+     orjson.dumps({"inputs": [{"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
+                              {"name": "b", "shape": [1, 4], "datatype": "FP16", "data": [0.0] * 4},
+                              {"name": "idx", "shape": [1, 2], "datatype": "INT64", "data": [1.5, 2]}]}), {}, 400,
+     "integers"),
+    ("batch over max", "POST", "/v2/models/tiny_cfg/infer", _json_infer([5, 8, 8, 3], [0.0] * (5 * N)), {}, 400,
+     "max_batch_size"),
+    ("empty batch", "POST", "/v2/models/tiny/infer", _json_infer([0, 8, 8, 3], []), {}, 400, "empty"),
+    ("unknown output", "POST", "/v2/models/tiny/infer",
+     _json_infer([1, 8, 8, 3], [0.0] * N, outputs=[{"name": "probs"}]), {}, 400, "unknown output"),
+    ("classification", "POST", "/v2/models/tiny/infer",
+     _json_infer([1, 8, 8, 3], [0.0] * N, outputs=[{"name": "logits", "parameters": {"classification": 3}}]), {},
+     400, "classification"),
+    ("binary size too small", "POST", "/v2/models/tiny/infer", *_binary(_bin_input(N * 4 - 4), b"\0" * (N * 4 - 4)),
+     400, "needs"),
+    ("binary size past body", "POST", "/v2/models/tiny/infer", *_binary(_bin_input(N * 4), b"\0" * 10), 400,
+     "past the end"),
+    ("binary bytes left over", "POST", "/v2/models/tiny/infer", *_binary(_bin_input(N * 4), b"\0" * (N * 4 + 8)), 400,
+     "binary bytes"),
+    ("header length not int", "POST", "/v2/models/tiny/infer", b"{}", {"Inference-Header-Content-Length": "x"}, 400,
+     "Inference-Header-Content-Length"),
+    ("header length past body", "POST", "/v2/models/tiny/infer", b"{}",
+     {"Inference-Header-Content-Length": "99"}, 400, "does not fit"),
+    ("unknown model", "POST", "/v2/models/nope/infer", _json_infer([1], [0.0]), {}, 404, "unknown model"),
+    ("unknown version", "POST", "/v2/models/tiny/versions/7/infer", _json_infer([1], [0.0]), {}, 404,
+     "unknown version"),
+    ("bad version", "GET", "/v2/models/tiny/versions/abc", None, {}, 400, "version"),
+    ("version outside policy", "GET", "/v2/models/tiny_cfg/versions/1/config", None, {}, 404, "unknown version"),
+    ("unknown model metadata", "GET", "/v2/models/nope", None, {}, 404, "unknown model"),
+    ("unknown route", "GET", "/v2/nowhere", None, {}, 404, "no route"),
+    ("wrong method", "GET", "/v2/models/tiny/infer", None, {}, 405, "not allowed"),
+    ("bad model name", "POST", "/v2/repository/models/..hidden/load", b"{}", {}, 400, "invalid model name"),
+    ("index ready not bool", "POST", "/v2/repository/index", b'{"ready": 3}', {}, 400, "ready"),
+    ("unsupported encoding", "POST", "/v2/models/tiny/infer", b"{}", {"Content-Encoding": "br"}, 415,
+     "Content-Encoding"),
+    ("bad gzip", "POST", "/v2/models/tiny/infer", b"not gzip", {"Content-Encoding": "gzip"}, 400, "decompress"),
+    ("body over limit", "POST", "/v2/models/tiny/infer", b"x" * (4 * 1024 * 1024 + 1), {}, 413, "limit"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "fragment"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request_gets_4xx_json(server, method, path, body, headers, status, fragment) -> None:
+    r = httpx.request(method, server.url + path, content=body, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error, str) and fragment.lower() in error.lower()
+    # ... and the server still serves a good request correctly
+    client = httpclient.InferenceServerClient(server.hostport)
+    inp = httpclient.InferInput("input", list(GOOD_X.shape), "FP32")
+    inp.set_data_from_numpy(GOOD_X)
+    assert client.infer("tiny", [inp]).as_numpy("logits").shape == (1, 5)
+
+
+def test_oversized_body_is_refused_before_it_is_read(server) -> None:
+    """A huge Content-Length gets 413 at once: the server does not wait for (or read) the body."""
+    host, port = server.hostport.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 413")
+    assert b'"error"' in data
+
+
+def test_chunked_body_over_limit(server) -> None:
+    def chunks():
+        for _ in range(5):
+            yield b"x" * (1024 * 1024)
+
+    r = httpx.post(server.url + "/v2/models/tiny/infer", content=chunks(), timeout=30)
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_failures_are_counted_in_stats(server) -> None:
+    client = httpclient.InferenceServerClient(server.hostport)
+    before = client.get_inference_statistics("tiny")["model_stats"][0]["inference_stats"]["fail"]["count"]
+    httpx.post(server.url + "/v2/models/tiny/infer", content=_json_infer([1, 8, 8, 3], [0.0]))
+    after = client.get_inference_statistics("tiny")["model_stats"][0]["inference_stats"]["fail"]["count"]
+    assert after == before + 1
+
+
+def test_admin_token_guards_load_and_unload(model_repo) -> None:
+    app = create_app(Settings(repo=model_repo, providers="cpu", admin_token="s3cret", access_log=False))
+    with running_server(app) as url:
+        hostport = url.removeprefix("http://")
+        r = httpx.post(url + "/v2/repository/models/tiny/unload")
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = httpx.post(url + "/v2/repository/models/tiny/unload", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 403
+        anonymous = httpclient.InferenceServerClient(hostport)
+        assert anonymous.is_model_ready("tiny")
+        assert anonymous.get_model_repository_index()  # reading the index needs no token
+        admin_headers = {"Authorization": "Bearer s3cret"}
+        anonymous.unload_model("tiny", headers=admin_headers)
+        assert not anonymous.is_model_ready("tiny")
+        anonymous.load_model("tiny", headers=admin_headers)
+        assert anonymous.is_model_ready("tiny")
