@@ -47,10 +47,12 @@ COPY . .
 RUN if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
  && { [ -f README.md ] || echo "sepconv" > README.md; } \
  && pip install --no-deps . \
- && rm -rf build *.egg-info \
+ && rm -rf ./build ./*.egg-info \
  && sepconv export --catalog models/catalog.toml --repo /opt/models \
  && cp models/catalog.toml /opt/models/catalog.toml \
- && python3 -m pip uninstall -y -q pip setuptools wheel
+ && python3 -m pip uninstall -y -q pip setuptools wheel \
+ && rm -rf /opt/venv/lib/python3*/site-packages/onnx/backend/test/data \
+ && find /opt/venv/lib/python3*/site-packages/numpy -depth -type d -name tests -exec rm -rf {} +
 
 # ---------------------------------------------------------------------------------------------------
 # runtime: python3 + the venv + the models, running as an unprivileged user

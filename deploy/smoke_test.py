@@ -113,6 +113,9 @@ def run(url: str, model: str | None, models_dir: Path | None, seed: int) -> dict
         raise SmokeError("output has non-finite values")
     report: dict[str, Any] = {"model": model, "input_shape": shape, "output_shape": list(y.shape),
                               "infer_ms": round(elapsed_ms, 1), "compared_with_onnxruntime": False}
+    providers = (meta.get("parameters") or {}).get("execution_providers")
+    if providers:
+        report["execution_providers"] = providers
     if models_dir is not None:
         path = model_file(models_dir, model, version or (meta.get("versions") or [None])[-1])
         if path is None:

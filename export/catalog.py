@@ -6,7 +6,6 @@ when the repository already holds an identical export, and writes it otherwise.
 
 from __future__ import annotations
 
-import inspect
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -49,6 +48,7 @@ class ExportRequest:
     fold_bn: bool = True
     opset: int = 17
     weights: Path | None = None
+    allow_unused: bool = False
     name: str | None = None
     version: int = DEFAULT_VERSION
     max_batch_size: int = DEFAULT_MAX_BATCH
@@ -100,15 +100,10 @@ def load_weight_source(path: Path, request: ExportRequest) -> Any:
         from export.importers import load_weights  # noqa: PLC0415
     except ImportError as exc:
         raise ExportError(f"importing weights needs export.importers, which is not available: {exc}") from None
-    candidates = {"arch": request.arch, "alpha": request.alpha, "resolution": request.resolution,
-                  "classes": request.classes, "include_top": request.include_top}
-    params = inspect.signature(load_weights).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = candidates
-    else:
-        kwargs = {k: v for k, v in candidates.items() if k in params}
     try:
-        return load_weights(path, **kwargs)
+        return load_weights(path, arch=request.arch, alpha=request.alpha, resolution=request.resolution,
+                            classes=request.classes, include_top=request.include_top,
+                            allow_unused=request.allow_unused)
     except ExportError:
         raise
     except (OSError, ValueError, KeyError) as exc:

@@ -97,6 +97,7 @@ def compress(path: Path) -> Path:
 def keras_fixtures(expected: dict) -> None:
     import keras  # noqa: PLC0415
 
+    keras.utils.set_random_seed(0)
     r = 96
     x = fixture_input(BATCH, r)
     v1 = keras_model(keras.applications.MobileNet, input_shape=(r, r, 3), alpha=0.25, classes=10)

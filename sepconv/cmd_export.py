@@ -79,6 +79,9 @@ def export(
     keep_bn: KeepBN = False,
     weights: Annotated[Path | None, typer.Option(
         "--weights", help="Keras HDF5 / .weights.h5 or PyTorch state_dict to import")] = None,
+    allow_unused: Annotated[bool, typer.Option(
+        "--allow-unused", help="accept a weights file holding tensors the network does not use "
+                               "(e.g. a classifier with --no-top)")] = False,
     name: Annotated[str | None, typer.Option("--name", help="model name (default ARCH_ALPHA_RESOLUTION)")] = None,
     version: Annotated[int, typer.Option("--version", help="model version folder")] = 1,
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
@@ -101,8 +104,8 @@ def export(
         request = ExportRequest(
             arch=arch, alpha=alpha, resolution=resolution, classes=classes, include_top=not no_top,
             padding=padding.lower() if padding else None, input_layout=input_layout.upper(), seed=seed,
-            fold_bn=not keep_bn, weights=weights, name=name, version=version, max_batch_size=max_batch,
-            opset=opset)
+            fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, name=name, version=version,
+            max_batch_size=max_batch, opset=opset)
         result = export_one(request, repo or Path("models"), force=True)
     except ExportError as exc:
         raise fail(str(exc)) from None

@@ -32,6 +32,7 @@ from sepconv import __version__
 from service import conv_api, ops_api, profiling_api, v2_api
 from service.batcher import Scheduler
 from service.errors import install_error_handlers
+from service.fastpath import InferFastPath
 from service.metrics import BATCH_SIZE, INFER_COMPUTE, MODEL_READY
 from service.middleware import InFlight, ServiceMiddleware
 from service.repository import LoadedModel, ModelRepository
@@ -59,8 +60,8 @@ def _attach_scheduler(app: FastAPI, settings: Settings) -> Any:
             max_batch_size=model.max_batch_size, dynamic=db is not None,
             max_queue_delay_us=db.max_queue_delay_us if db else 0,
             preferred_batch_sizes=db.preferred_batch_sizes if db else None,
-            workers=settings.batch_workers or cfg.instance_count, on_execution=on_execution,
-            label=f"{model.name}/{model.version}",
+            workers=settings.batch_workers or (cfg.instance_count if cfg.instance_groups else 2),
+            on_execution=on_execution, label=f"{model.name}/{model.version}", adaptive=settings.adaptive_batching,
         )
         MODEL_READY.labels(*labels).set(1)
 
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(profiling_api.router)
     app.include_router(ops_api.router)
 
+    app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
     app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,
                        log_requests=settings.access_log, tracker=in_flight)
     return app

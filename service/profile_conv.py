@@ -20,6 +20,7 @@ import onnx
 from export import layers as L
 from export.errors import ExportError
 from export.graph import GraphBuilder
+from export.padding import conv_output_hw, resolve_padding, spatial_pair
 from service.errors import ApiError
 from service.profile_timing import BoundRun, random_feeds
 from service.profile_trace import summarize
@@ -94,7 +95,7 @@ def _graph(variant: str, shape: list[int], kh: int, kw: int, req: ConvProfileReq
     return b.to_model(), b.layers
 
 
-def _check(req: ConvProfileRequest, settings: Settings) -> tuple[list[int], int, int]:
+def check_conv_request(req: ConvProfileRequest, settings: Settings) -> tuple[list[int], int, int]:
     shape = [int(v) for v in req.input_shape]
     if len(shape) != 4 or min(shape) < 1:
         raise ApiError(400, f"input_shape must be [N, H, W, C] with positive entries, got {req.input_shape}")
@@ -119,6 +120,21 @@ def _check(req: ConvProfileRequest, settings: Settings) -> tuple[list[int], int,
     elements = int(np.prod(shape))
     if elements > settings.conv_max_elements:
         raise ApiError(413, f"input has {elements} elements; this server allows {settings.conv_max_elements}")
+    n, h, w, c = shape
+    try:
+        strides = spatial_pair(req.strides, "strides", "NHWC")
+        dilations = spatial_pair(req.dilations, "dilations", "NHWC")
+        pads = resolve_padding(req.padding, (h, w), (kh, kw), strides, dilations, "NHWC")
+        ho, wo = conv_output_hw((h, w), (kh, kw), strides, dilations, pads)
+    except ExportError as exc:
+        raise ApiError(400, str(exc)) from exc
+    work = n * ho * wo * kh * kw * c * req.filters
+    if work > settings.conv_max_macs:
+        raise ApiError(413, f"the standard convolution costs {work} multiply-adds per run; "
+                            f"this server allows {settings.conv_max_macs}")
+    out_elements = n * ho * wo * max(req.filters, c * req.depth_multiplier)
+    if out_elements > settings.conv_max_elements:
+        raise ApiError(413, f"an output has {out_elements} elements; this server allows {settings.conv_max_elements}")
     return shape, kh, kw
 
 
@@ -127,7 +143,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def profile_conv(req: ConvProfileRequest, settings: Settings) -> dict[str, Any]:
-    shape, kh, kw = _check(req, settings)
+    shape, kh, kw = check_conv_request(req, settings)
     settings = with_threads(settings, req.threads)
     provider = req.provider.strip().lower()
     rng = np.random.default_rng(0)
@@ -140,22 +156,13 @@ def profile_conv(req: ConvProfileRequest, settings: Settings) -> dict[str, Any]:
     batch = shape[0]
     accounting = {v: {"params": sum(la.params for la in built[v][1]), "macs": sum(la.macs for la in built[v][1]),
                       "output_shape": built[v][1][-1].output_shape} for v in VARIANTS}
-    work = accounting["standard"]["macs"] * batch
-    if work > settings.conv_max_macs:
-        raise ApiError(413, f"the standard convolution costs {work} multiply-adds per run; "
-                            f"this server allows {settings.conv_max_macs}")
-    for v in VARIANTS:
-        out_elems = int(np.prod(accounting[v]["output_shape"])) * batch
-        if out_elems > settings.conv_max_elements:
-            raise ApiError(413, f"the {v} output has {out_elems} elements; this server allows "
-                                f"{settings.conv_max_elements}")
 
     bound: dict[str, BoundRun] = {}
     for v in VARIANTS:
         session = _session(built[v][0].SerializeToString(), settings, provider, "all")
         bound[v] = BoundRun.create(session, random_feeds(session, batch))
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(req.warmup):
+    for _ in range(max(req.warmup, 1)):  # a fresh session's first run is never representative
         for v in VARIANTS:
             bound[v].run_once()
     for _ in range(req.runs):

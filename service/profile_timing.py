@@ -74,7 +74,9 @@ class BoundRun:
         return (time.perf_counter() - t0) * 1e6
 
     def time(self, runs: int, warmup: int) -> list[float]:
-        for _ in range(warmup):
+        """``runs`` timed runs after ``warmup`` untimed ones (at least one: a fresh session's first run
+        allocates buffers and, on CUDA, searches conv algorithms)."""
+        for _ in range(max(warmup, 1)):
             self.run_once()
         return [self.run_once() for _ in range(runs)]
 

@@ -45,6 +45,9 @@ import onnx
 
 KERNEL_SUFFIX = "_kernel_time"
 LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+# kernel-event args kept in the served trace (ORT's memory and thread-scheduling stats are dropped)
+_KEPT_ARGS = frozenset({"op_name", "provider", "node_index", "input_type_shape", "output_type_shape",
+                        "activation_size", "parameter_size", "output_size"})
 _ORT_SUFFIXES = ("_nchwc", "_fused", "_token", "_ConvFusion", "_Fusion")
 
 
@@ -334,7 +337,7 @@ def annotate(events: list[dict[str, Any]], mapping: NodeMapping, warmup_runs: in
         node = kernel_node(e)
         if node is not None:
             e = dict(e)
-            args = {k: v for k, v in (e.get("args") or {}).items() if k != "thread_scheduling_stats"}
+            args = {k: v for k, v in (e.get("args") or {}).items() if k in _KEPT_ARGS}
             args["layer"] = mapping.layer_of(node) or "(unattributed)"
             if node in mapping.rules:
                 args["mapped_by"] = mapping.rules[node]

@@ -15,7 +15,8 @@ Methods (the response's ``method`` says which one produced the numbers):
 End-to-end latency always comes from a separate session without profiling (inputs bound on the
 device), run after the per-layer measurement.
 ``gap_percent`` = (e2e p50 - summed layer p50s) / e2e p50: positive = time outside the kernels
-(executor, allocation), negative = tracing overhead / noise inflating the kernel times.
+(executor, allocation) or, on a loaded machine, preemptions (per-layer medians drop them, the e2e median
+does not; ``kernel_sum_ms`` and ``traced_run_ms`` show them); negative = tracing overhead.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ METHOD_TEXT = {
               "mapped to exporter layers (fused nodes charged to the layer owning their weights, layout "
               "reorders to the adjacent layer); p50/p90 over the timed runs, warm-up runs dropped"),
     "isolated": ("each layer run as its own graph with inputs/outputs bound on the device (I/O binding), every run "
-                 "synchronised, minus the launch+sync overhead of an empty graph; p50/p90 over the timed runs"),
+                 "synchronised, minus the launch+sync overhead of an empty graph; p50/p90 over the timed runs "
+                 "(no fusion across layers; on CPU each layer graph also pays its own NCHWc layout conversions)"),
 }
 E2E_TEXT = ("a separate session without profiling, inputs bound on the device, synchronised runs after warm-up, "
             "run after the per-layer measurement")
@@ -328,7 +330,11 @@ def profile_model(path: str | Path, model_name: str, req: ProfileRequest, settin
                 extra.setdefault(layer, {})["fused_into"] = into
             trace_events = pt.annotate(events, mapping, req.warmup)
             result["unattributed_us"] = pt.summarize(unattributed)
-            # the traced runs' own wall time: what of it the kernels do not cover is executor/scheduling time
+            # Per run, all kernel time summed: unlike the sum of per-layer medians (layer_sum_ms), this keeps
+            # the preemptions a loaded machine scatters over random layers; next to the traced runs' own wall
+            # time it shows how much of a run the kernels cover.
+            result["kernel_sum_ms"] = {k: round(v / 1000.0, 4)
+                                       for k, v in pt.summarize([sum(r.values()) for r in runs]).items()}
             result["traced_run_ms"] = {k: round(v / 1000.0, 4)
                                        for k, v in pt.summarize(pt.run_walls(events)[req.warmup:]).items()}
             result["unattributed_nodes"] = sorted(n for n in mapping.unattributed if n in seen)

@@ -18,9 +18,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
-from service.profile_conv import ConvProfileRequest, profile_conv
+from service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
 from service.profile_layers import SUMMARY_KEY, graph_summary, public_summary
-from service.profiler import ProfileGate, ProfileRequest, TraceStore, profile_model
+from service.profiler import ProfileGate, ProfileRequest, TraceStore, check_request, profile_model
 from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["profiling"])
@@ -47,7 +47,7 @@ class ConvProfileBody(BaseModel):
     filters: int = Field(..., description="output channels N of the standard and pointwise convs")
     kernel_size: int | list[int] = 3
     strides: int | list[int] = 1
-    padding: str | list[list[int]] = "SAME"
+    padding: str | list[list[int]] | list[int] = "SAME"
     dilations: int | list[int] = 1
     depth_multiplier: int = 1
     runs: int = 20
@@ -99,9 +99,10 @@ def profile(model_name: str, request: Request, body: ProfileBody | None = None) 
     loaded = _model(request, model_name)
     gate, store = _state(request)
     req = ProfileRequest(**body.model_dump())
+    settings = _settings(request)
+    check_request(req, settings, loaded.max_batch_size)  # a bad request is a 4xx even while the server is busy
     with gate.hold(f"profile of {model_name}"):
-        result = profile_model(loaded.path, model_name, req, _settings(request), store,
-                               model_max_batch=loaded.max_batch_size)
+        result = profile_model(loaded.path, model_name, req, settings, store, model_max_batch=loaded.max_batch_size)
     trace_id = result.pop("trace_id")
     result["trace_url"] = str(request.url_for("profile_trace", trace_id=f"{trace_id}.json")) if trace_id else None
     return result
@@ -111,8 +112,10 @@ def profile(model_name: str, request: Request, body: ProfileBody | None = None) 
 def conv_profile(body: ConvProfileBody, request: Request) -> dict[str, Any]:
     gate, _ = _state(request)
     req = ConvProfileRequest(**body.model_dump())
+    settings = _settings(request)
+    check_conv_request(req, settings)
     with gate.hold("conv profile"):
-        return profile_conv(req, _settings(request))
+        return profile_conv(req, settings)
 
 
 @router.get("/v1/profile/traces/{trace_id}", name="profile_trace",

@@ -125,6 +125,7 @@ def session_options(settings: Settings, *, enable_profiling: bool = False, profi
         opts.inter_op_num_threads = int(settings.inter_op_threads)
     opts.enable_cpu_mem_arena = bool(settings.enable_cpu_mem_arena)
     opts.enable_mem_pattern = bool(settings.enable_mem_pattern)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
     opts.log_severity_level = 3  # errors only; fallbacks are reported by us
     if enable_profiling:
         opts.enable_profiling = True

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     default_max_batch_size: int = Field(8, description="max_batch_size given to models whose config does not say "
                                                        "(auto-completed from a batch-dynamic ONNX model)")
     default_queue_delay_us: int = Field(0, description="dynamic batching queue delay for auto-completed configs")
-    batch_workers: int = Field(0, description="session.run calls in flight per model (0 = instance_group count)")
+    batch_workers: int = Field(0, description="concurrent session.run calls per model (0 = the config's "
+                                              "instance_group count, or 2 when it has none)")
+    adaptive_batching: bool = Field(True, description="pick the batch size with the best measured time per "
+                                                      "image (max_batch_size stays the ceiling)")
     run_threads: int = Field(0, description="threads running session.run for all models (0 = automatic)")
     load_at_startup: bool = Field(True, description="load every model of the repository at start-up")
     strict_readiness: bool = Field(False, description="/v2/health/ready only when every model loaded (Triton's "
@@ -42,6 +45,8 @@ class Settings(BaseSettings):
     graph_optimization: str = Field("all", description="disable | basic | extended | all")
     enable_cpu_mem_arena: bool = True
     enable_mem_pattern: bool = True
+    allow_spinning: bool = Field(False, description="ORT intra-op threads busy-wait for work between ops; off by "
+                                                    "default: a server shares its cores with the event loop")
     arena_extend_strategy: str = Field("kNextPowerOfTwo", description="CUDA arena: kNextPowerOfTwo | kSameAsRequested")
     cuda_device_id: int = 0
 

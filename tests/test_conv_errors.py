@@ -218,3 +218,15 @@ def test_no_field_value_makes_a_500(http: httpx.Client) -> None:
             if r.status_code != 200:
                 assert r.json()["error"], (name, value)
     _still_serving(http)
+
+
+def test_b64_without_padding_or_with_line_breaks_is_accepted(http: httpx.Client) -> None:
+    x = np.arange(1 * 5 * 5 * 2, dtype="<f4").reshape(1, 5, 5, 2)
+    raw = x.tobytes()
+    for text in (base64.b64encode(raw).decode().rstrip("="), base64.encodebytes(raw).decode()):
+        body = {"input": {"shape": [1, 5, 5, 2], "datatype": "FP32", "b64": text}, "filter": F1}
+        r = _send(http, "conv2d", body)
+        assert r.status_code == 200, r.text
+        out = r.json()["output"]
+        y = np.frombuffer(base64.b64decode(out["b64"]), "<f4").reshape(out["shape"])
+        np.testing.assert_array_equal(y[..., 0], x.sum(axis=-1))

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -246,11 +247,29 @@ def test_container_test_script_is_executable_bash():
     assert script.read_text().startswith("#!/usr/bin/env bash")
     bash = shutil.which("bash")
     if bash:
-        import subprocess  # noqa: PLC0415
-
         assert subprocess.run([bash, "-n", str(script)], capture_output=True).returncode == 0
     if os.geteuid() != 0:  # the documented skip: exit 0 with a reason
-        import subprocess  # noqa: PLC0415
-
         result = subprocess.run([str(script)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "SKIP:" in result.stdout
+
+
+def compose_cli() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_compose_cli_accepts_the_file_when_installed():
+    """`docker compose config` (or Debian's docker-compose) parses, interpolates and validates it; no daemon."""
+    cli = compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    args = [*cli, "-f", str(COMPOSE_FILE), "--profile", "gpu", "--profile", "scale", "config"]
+    env = {**os.environ, "SEPCONV_REPLICAS": "5"}
+    result = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert set(rendered["services"]) == {"sepconv", "sepconv-gpu", "replica", "lb"}
+    assert rendered["services"]["replica"]["deploy"]["replicas"] == 5

@@ -165,6 +165,15 @@ def test_requests_spread_over_all_replicas(cluster, reference):
     assert all(s > 0 for s in served), f"some replica got no request: {served}"
 
 
+def test_smoke_test_script_through_nginx(cluster, model_repo):
+    """deploy/smoke_test.py (what scripts/container-test and the docs use) passes through the balancer."""
+    url, _, _ = cluster
+    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "smoke_test.py"), url, "--models-dir",
+                             str(model_repo)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"compared_with_onnxruntime": true' in result.stdout and f'"model": "{MODEL}"' in result.stdout
+
+
 def test_killing_a_replica_mid_run_loses_no_request(cluster, reference):
     url, replicas, access_log = cluster
     victim = replicas[0]

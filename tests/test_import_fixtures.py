@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def fixture_batch(spec: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(FIXTURES["fixtures"]))
 def test_fixture_matches_source_framework(files: Path, name: str) -> None:
+    pytest.importorskip("safetensors" if name.endswith(".safetensors") else "h5py")
     spec = FIXTURES["fixtures"][name]
     net, weights = build_imported(files / name, spec["arch"], resolution=spec["resolution"],
                                   input_layout=spec["input_layout"])
@@ -181,3 +183,19 @@ def test_hdf5_and_safetensors_that_are_not_mobilenets(tmp_path: Path) -> None:
 def test_unknown_arch_and_missing_file(tmp_path: Path) -> None:
     _raises("unknown architecture", load_weights, tmp_path / "x.h5", arch="resnet50")
     _raises("does not exist", load_weights, tmp_path / "x.h5", arch="mobilenet_v2")
+
+
+@pytest.mark.parametrize(("module", "name", "match"), [
+    ("h5py", V1_H5, "needs h5py"),
+    ("safetensors", V2_TORCH, "needs safetensors"),
+    ("torch", None, "needs torch"),
+])
+def test_missing_optional_library_is_named(files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           module: str, name: str | None, match: str) -> None:
+    path = files / name if name else tmp_path / "legacy.pt"
+    if name is None:
+        path.write_bytes(b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.")  # the start of a legacy torch.save file
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    for sub in [m for m in sys.modules if m.startswith(f"{module}.")]:
+        monkeypatch.setitem(sys.modules, sub, None)
+    _raises(match, load_weights, path, arch="mobilenet_v1" if name == V1_H5 else "mobilenet_v2")

@@ -15,8 +15,9 @@ import pytest
 from export.errors import ExportError
 from export.importers import build_imported, load_weights
 from export.importers.schema import keras_layers
+from export.networks import build_network
 
-pytestmark = pytest.mark.frameworks
+pytestmark = [pytest.mark.frameworks, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 TOLERANCE = 1e-4
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -111,7 +112,15 @@ def test_keras_no_top_file(keras, tmp_path: Path) -> None:
     net, weights = build_imported(tmp_path / "notop.weights.h5", "mobilenet_v2", resolution=96, include_top=False,
                                   input_layout="NHWC")
     assert weights.alpha == 0.5
-    assert max_err(run(net, x), model(x, training=False)) <= TOLERANCE
+    ref = np.asarray(model(x, training=False))
+    assert max_err(run(net, x), ref) <= TOLERANCE
+    # the comparison is sharp enough to catch PyTorch-style padding on Keras weights
+    wrong = build_network("mobilenet_v2", alpha=0.5, resolution=96, include_top=False, padding="symmetric",
+                          input_layout="NHWC", weights=load_weights(tmp_path / "notop.weights.h5",
+                                                                    arch="mobilenet_v2", include_top=False))
+    err = max_err(run(wrong, x), ref)
+    print(f"keras mobilenet_v2 with symmetric padding: max abs err {err:.3g} (|features| <= {np.abs(ref).max():.3g})")
+    assert err > 2 * TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
@@ -124,19 +133,19 @@ def torch():  # noqa: ANN201
     return pytest.importorskip("torch")
 
 
-def tv_model(torch, arch: str, alpha: float):  # noqa: ANN001, ANN201
+def tv_model(torch, arch: str, alpha: float, r: int = 96):  # noqa: ANN001, ANN201
     from tests.fixtures.weights.tv_mobilenet import MobileNetV2, MobileNetV3, randomize_batch_norm  # noqa: PLC0415
 
     torch.manual_seed(0)
     model = MobileNetV2(7, alpha) if arch == "mobilenet_v2" else MobileNetV3(arch.rsplit("_", 1)[1], 7, alpha)
-    return randomize_batch_norm(model, seed=1)
+    return randomize_batch_norm(model, seed=1, resolution=r)
 
 
 @pytest.mark.parametrize(("arch", "alpha", "r"), TORCH_CASES, ids=[f"{a}-{w}" for a, w, _ in TORCH_CASES])
 def test_torchvision_import_matches_pytorch(torch, tmp_path: Path, arch: str, alpha: float, r: int) -> None:
     from safetensors.torch import save_file  # noqa: PLC0415
 
-    model = tv_model(torch, arch, alpha)
+    model = tv_model(torch, arch, alpha, r)
     x = torch.rand(2, 3, r, r, generator=torch.Generator().manual_seed(5)) * 2 - 1
     with torch.no_grad():
         ref = model(x).numpy()
@@ -158,8 +167,6 @@ def test_torchvision_import_matches_pytorch(torch, tmp_path: Path, arch: str, al
 
 def test_torchvision_numbers_need_symmetric_padding_and_its_epsilon(torch, tmp_path: Path) -> None:
     """The comparison is sharp enough to catch Keras padding or Keras' epsilon on PyTorch weights."""
-    from export.networks import build_network  # noqa: PLC0415
-
     model = tv_model(torch, "mobilenet_v2", 1.0)
     torch.save(model.state_dict(), tmp_path / "m.pth")
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(6)) * 2 - 1
@@ -172,6 +179,12 @@ def test_torchvision_numbers_need_symmetric_padding_and_its_epsilon(torch, tmp_p
     errors = max_err(run(wrong_pad, x.numpy()), ref), max_err(run(wrong_eps, x.numpy()), ref)
     print(f"torch mobilenet_v2 with Keras padding: max abs err {errors[0]:.3g}; with eps 1e-3: {errors[1]:.3g}")
     assert min(errors) > 2 * TOLERANCE
+
+
+def test_torchvision_v3_large_is_not_small(torch, tmp_path: Path) -> None:
+    torch.save(tv_model(torch, "mobilenet_v3_large", 1.0).state_dict(), tmp_path / "large.pth")
+    with pytest.raises(ExportError, match="holds mobilenet_v3_large weights, not mobilenet_v3_small"):
+        load_weights(tmp_path / "large.pth", arch="mobilenet_v3_small")
 
 
 def test_torchvision_v3_width_other_than_1_is_refused(torch, tmp_path: Path) -> None:

@@ -162,12 +162,12 @@ def test_isolated_method_times_every_layer(server: str, built: dict) -> None:
     assert {e["name"] for e in trace["traceEvents"] if e["cat"] == "Layer"} == {r["name"] for r in result["layers"]}
 
 
-def test_profile_of_a_model_without_metadata(server: str) -> None:
+def test_profile_of_a_model_without_metadata(server: str, built: dict) -> None:
     result = _profile(server, FOREIGN, runs=2, warmup=1).json()
     assert result["layer_source"] == "graph"
     assert result["unattributed_nodes"] == []
-    assert len(result["layers"]) == len(onnx.load_model_from_string(
-        build_network("mobilenet_v2", alpha=0.35, resolution=96).model.SerializeToString()).graph.node)
+    assert len(result["layers"]) == len(built[SMALL].model.graph.node)  # one row per ONNX node
+    assert result["by_kind"]["depthwise"]["count"] == 17
 
 
 def test_serving_during_a_profile_succeeds_and_second_profile_gets_429(server: str) -> None:
@@ -275,6 +275,9 @@ def test_conv_profile_strides_and_multiplier(server: str) -> None:
     assert body["depthwise"]["output_shape"] == [7, 6, 16]
     assert body["pointwise"]["macs"] == 7 * 6 * 16 * 16
     assert body["theoretical_ratio"] == pytest.approx(1 / 16 + 1 / 15)
+    explicit = httpx.post(f"{server}/v1/profile/conv", timeout=120, json={
+        "input_shape": [1, 8, 8, 4], "filters": 4, "padding": [[0, 0], [2, 0], [0, 2], [0, 0]], "runs": 1}).json()
+    assert explicit["standard"]["output_shape"] == [8, 8, 4]
 
 
 @pytest.mark.parametrize(("body", "status"), [
@@ -285,7 +288,10 @@ def test_conv_profile_strides_and_multiplier(server: str) -> None:
     ({"input_shape": [1, 8, 8, 4], "filters": 4, "padding": "MIRROR"}, 400),
     ({"input_shape": [1, 8, 8, 4], "filters": 4, "strides": 0}, 400),
     ({"input_shape": [1, 8, 8, 4], "filters": 4, "provider": "abacus"}, 400),
+    ({"input_shape": [1, 2, 2, 4], "filters": 4, "kernel_size": 5, "padding": "VALID"}, 400),
+    ({"input_shape": [1, 8, 8, 4], "filters": 4, "padding": [[1, 1], [1, 1], [1, 1], [1, 1]]}, 400),
     ({"input_shape": [1, 4096, 4096, 64], "filters": 64}, 413),
+    ({"input_shape": [1, 512, 512, 64], "filters": 4096, "kernel_size": 7}, 413),
     ({"filters": 4}, 422),
 ])
 def test_bad_conv_profile_requests(server: str, body: dict, status: int) -> None:

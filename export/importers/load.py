@@ -12,9 +12,9 @@ from export.importers.schema import TOP_LAYERS, infer_alpha, infer_classes, kera
 from export.importers.source import ImportedWeights
 from export.importers.store import KERAS, WeightFile
 from export.importers.torchvision_map import TORCHVISION_BN_EPSILON, map_torchvision
+from export.networks import KERAS_PREPROCESSING
 
 KERAS_BN_EPSILON = 1e-3
-KERAS_PREPROCESSING = "scale RGB pixels to [-1, 1]: x / 127.5 - 1 (Keras 'tf' mode)"
 KERAS_V3_PREPROCESSING = ("scale RGB pixels to [-1, 1]: x / 127.5 - 1 (what the Keras model's own Rescaling "
                           "layer does; this graph does not include it)")
 TORCHVISION_PREPROCESSING = ("RGB in [0, 1], then per channel (x - mean) / std with mean (0.485, 0.456, 0.406), "
@@ -53,9 +53,8 @@ def load_weights(path: str | Path, *, arch: str, alpha: float | None = None, res
         padding="same" if keras else "symmetric",
         preprocessing=(KERAS_V3_PREPROCESSING if arch.startswith("mobilenet_v3") else KERAS_PREPROCESSING)
         if keras else TORCHVISION_PREPROCESSING,
-        file_alpha=file_alpha, file_classes=file_classes,
+        file_alpha=file_alpha, file_classes=file_classes, resolution=resolution,
     )
-    weights.resolution = resolution
     return weights
 
 

@@ -56,7 +56,7 @@ class ImportedWeights:
 
     def __init__(self, wf: WeightFile, *, path: Path, arch: str, alpha: float, classes: int | None,
                  include_top: bool, allow_unused: bool, bn_epsilon: float, padding: str, preprocessing: str,
-                 file_alpha: float | None, file_classes: int | None) -> None:
+                 file_alpha: float | None, file_classes: int | None, resolution: int | None = None) -> None:
         self.file = wf
         self.path = path
         self.arch = arch
@@ -69,6 +69,7 @@ class ImportedWeights:
         self.preprocessing = preprocessing
         self.file_alpha = file_alpha
         self.file_classes = file_classes
+        self.resolution = resolution  # not in the file (convolutions do not depend on it); kept for the caller
         self.description = f"{path.name} ({wf.detail})"
         self._used: set[tuple[str, str]] = set()
         self.report = ImportReport(path=str(path), format=wf.format, layout=wf.detail, origin=wf.origin, arch=arch,

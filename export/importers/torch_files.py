@@ -36,18 +36,15 @@ def read_torch_file(path: Path) -> dict[str, np.ndarray]:
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping:
+    """The state_dict itself, or the one a training checkpoint wraps (``{"state_dict": ..., "epoch": 3}``)."""
     if not isinstance(obj, Mapping):
         raise ExportError(f"{path.name}: holds a {type(obj).__name__}, not a state_dict (a mapping of parameter "
                           "names to tensors)")
     for key in _WRAPPERS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and not _is_tensor_like(obj.get(key)):
+        if isinstance(inner, Mapping) and inner:
             return inner
     return obj
-
-
-def _is_tensor_like(value: Any) -> bool:
-    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def _state_dict_arrays(state: Mapping, path: Path, torch: Any) -> dict[str, np.ndarray]:

@@ -1,0 +1,284 @@
+"""Server overhead and throughput against in-process ONNX Runtime, in one run (issue 4's goals).
+
+    .venv/bin/python bench/serve.py [--model mobilenet_v2_1.0_224] [--rounds 4] [--requests 15] [--seconds 4]
+
+* exports the catalog's ``mobilenet_v2_1.0_224`` (catalog config: max_batch_size 16, dynamic batching) into a
+  temporary repository (or copies ``models/NAME`` when it is there), starts ``sepconv serve`` on it in a
+  subprocess (uvicorn + httptools + uvloop, the real server), and opens an in-process session with the same
+  settings (``service.runtime.make_session``);
+* latency at batch 1, one sample of each kind in turn so background load hits all of them alike: in-process
+  ``session.run``; the server over loopback with a binary request and with a JSON request (bodies prepared
+  before timing, one kept-alive connection); the in-process time to decode that JSON body with orjson + numpy;
+* throughput: in-process sequential ``session.run`` at batch 1 vs the server at concurrency 1, 4 and 16
+  (binary requests, one connection per client thread), in short slices taken in turn, medians per kind;
+* prints the figures and the ratios against the goals:
+  binary p50 <= 1.10 x in-process p50; (JSON p50 - in-process p50) <= 1.25 x decode floor;
+  throughput at concurrency 16 >= 1.1 x in-process sequential.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples), q))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_repo(model: str, repo: Path) -> Path:
+    existing = ROOT / "models" / model
+    if (existing / "1" / "model.onnx").is_file() and (existing / "config.pbtxt").is_file():
+        shutil.copytree(existing, repo / model)
+        return repo / model / "1" / "model.onnx"
+    from export.catalog import export, load_catalog
+
+    _, requests = load_catalog(ROOT / "models" / "catalog.toml")
+    request = next((r for r in requests if r.model_name == model), None)
+    if request is None:
+        raise SystemExit(f"{model} is not in models/catalog.toml")
+    return export(request, repo).path
+
+
+class Conn:
+    """One kept-alive HTTP/1.1 connection (TCP_NODELAY) doing raw POSTs."""
+
+    def __init__(self, port: int) -> None:
+        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.c.connect()
+        self.c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        self.c.request("POST", path, body=body, headers=headers)
+        r = self.c.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]})
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                  "Content-Type": "application/octet-stream"}
+
+
+def json_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    # as tritonclient sends it with binary_data=False: a flat list
+    return orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "data": x.reshape(-1).tolist()}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]}), \
+        {"Content-Type": "application/json"}
+
+
+def decode_binary(headers: dict[str, str], data: bytes) -> np.ndarray:
+    hl = int(headers["inference-header-content-length"])
+    meta = orjson.loads(data[:hl])
+    return np.frombuffer(data[hl:], np.float32).reshape(meta["outputs"][0]["shape"])
+
+
+def decode_floor(body: bytes) -> float:
+    t = time.perf_counter()
+    req = orjson.loads(body)
+    inp = req["inputs"][0]
+    arr = np.array(inp["data"], dtype=np.float32).reshape(inp["shape"])
+    dt = time.perf_counter() - t
+    assert arr.size
+    return dt
+
+
+def throughput_server(port: int, path: str, body: bytes, headers: dict[str, str], clients: int,
+                      seconds: float) -> float:
+    counts = [0] * clients
+    stop = time.perf_counter() + seconds
+    start_barrier = threading.Barrier(clients + 1)
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        conn = Conn(port)
+        start_barrier.wait()
+        try:
+            while time.perf_counter() < stop:
+                status, _, data = conn.post(path, body, headers)
+                if status != 200:
+                    errors.append(data[:200].decode(errors="replace"))
+                    return
+                counts[i] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    start_barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"server error during throughput run: {errors[0]}")
+    return sum(counts) / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mobilenet_v2_1.0_224")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds (latency samples = rounds x requests; "
+                                                          "throughput slices per kind = rounds)")
+    ap.add_argument("--requests", type=int, default=15, help="latency samples per kind per round")
+    ap.add_argument("--seconds", type=float, default=6.0, help="throughput time per kind (split into rounds)")
+    args = ap.parse_args()
+
+    from service.runtime import make_session
+    from service.settings import Settings
+
+    tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))
+    server = None
+    try:
+        model_path = prepare_repo(args.model, tmp)
+        port = free_port()
+        env = {**os.environ, "SEPCONV_REPO": str(tmp), "SEPCONV_PORT": str(port), "SEPCONV_HOST": "127.0.0.1"}
+        server = subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--log-level", "warning"], cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        session = make_session(model_path, Settings())
+        in_name = session.get_inputs()[0].name
+        shape = [1, *session.get_inputs()[0].shape[1:]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        path = f"/v2/models/{args.model}/infer"
+        bin_body, bin_headers = binary_body(x)
+        js_body, js_headers = json_body(x)
+
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", f"/v2/models/{args.model}/ready")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not become ready: " + (server.stderr.read().decode()
+                                                                        if server.poll() is not None else "timeout"))
+            time.sleep(0.2)
+
+        conn = Conn(port)
+        # correctness and warm-up
+        expected = session.run(None, {in_name: x})[0]
+        status, headers, data = conn.post(path, bin_body, bin_headers)
+        assert status == 200, data[:300]
+        np.testing.assert_allclose(decode_binary(headers, data), expected, rtol=1e-4, atol=1e-5)
+        status, _, data = conn.post(path, js_body, js_headers)
+        assert status == 200, data[:300]
+        np.testing.assert_allclose(np.array(orjson.loads(data)["outputs"][0]["data"], np.float32).reshape(1, -1),
+                                   expected, rtol=1e-4, atol=1e-5)
+        for _ in range(3):
+            session.run(None, {in_name: x})
+            conn.post(path, bin_body, bin_headers)
+            conn.post(path, js_body, js_headers)
+            decode_floor(js_body)
+
+        load_before = os.getloadavg()
+        # Latency: one sample of each kind in turn, so that background load hits every kind alike.
+        inproc, srv_bin, srv_json, floor = [], [], [], []
+        for _ in range(args.rounds * args.requests):
+            t = time.perf_counter()
+            session.run(None, {in_name: x})
+            inproc.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            conn.post(path, bin_body, bin_headers)
+            srv_bin.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            conn.post(path, js_body, js_headers)
+            srv_json.append(time.perf_counter() - t)
+            floor.append(decode_floor(js_body))
+        conn.close()
+
+        # Throughput: short slices in turn (in-process sequential, server at 1/4/16), medians per kind.
+        slice_s = args.seconds / args.rounds
+        seq_rates: list[float] = []
+        rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
+        for _ in range(args.rounds):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < slice_s:
+                session.run(None, {in_name: x})
+                n += 1
+            seq_rates.append(n / (time.perf_counter() - t0))
+            for c in rates:
+                rates[c].append(throughput_server(port, path, bin_body, bin_headers, c, slice_s))
+        seq_thr = statistics.median(seq_rates)
+        thr = {c: statistics.median(v) for c, v in rates.items()}
+        load_after = os.getloadavg()
+
+        stats_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        stats_conn.request("GET", f"/v2/models/{args.model}/stats")
+        stats = orjson.loads(stats_conn.getresponse().read())["model_stats"][0]
+        batches = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+
+        ms = lambda s: f"{s * 1000:7.2f} ms"  # noqa: E731
+        p50 = {k: pct(v, 50) for k, v in (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor))}
+        p90 = {k: pct(v, 90) for k, v in (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor))}
+        print(f"model {args.model}, batch 1, {args.rounds} rounds x {args.requests} requests; "
+              f"body sizes: binary {len(bin_body)} B, JSON {len(js_body)} B")
+        print(f"cpu cores {os.cpu_count()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+        print(f"{'':28}{'p50':>10}{'p90':>11}")
+        for key, label in (("in", "in-process session.run"), ("bin", "server, binary request"),
+                           ("json", "server, JSON request"), ("floor", "JSON decode floor")):
+            print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
+        print(f"throughput, in-process sequential: {seq_thr:7.1f} req/s")
+        for c, v in thr.items():
+            print(f"throughput, server concurrency {c:2d}: {v:7.1f} req/s  ({v / seq_thr:.2f}x)")
+        inf = stats["inference_stats"]
+        avg = lambda k: inf[k]["ns"] / max(1, inf[k]["count"]) / 1e6  # noqa: E731
+        print(f"server-side means over all requests: total {avg('success'):.2f} ms = queue {avg('queue'):.2f} + "
+              f"input {avg('compute_input'):.2f} + infer {avg('compute_infer'):.2f} + output "
+              f"{avg('compute_output'):.2f} ms (plus decoding before the queue)")
+        print("server batch sizes (executions): " + ", ".join(f"{b}: {n}" for b, n in sorted(batches.items())))
+        r_bin = p50["bin"] / p50["in"]
+        r_json = (p50["json"] - p50["in"]) / p50["floor"]
+        r_thr = thr[16] / seq_thr
+        print()
+        print("goal                                                    measured   goal    met")
+        print(f"binary p50 / in-process p50                              {r_bin:6.3f}  <= 1.10  {r_bin <= 1.10}")
+        print(f"(JSON p50 - in-process p50) / decode floor p50           {r_json:6.3f}  <= 1.25  {r_json <= 1.25}")
+        print(f"throughput at concurrency 16 / in-process sequential     {r_thr:6.3f}  >= 1.10  {r_thr >= 1.10}")
+        print(f"(binary overhead p50: {(p50['bin'] - p50['in']) * 1000:.2f} ms; JSON overhead p50: "
+              f"{(p50['json'] - p50['in']) * 1000:.2f} ms; medians of {len(inproc)} samples; "
+              f"stdev in-process {statistics.pstdev(inproc) * 1000:.2f} ms)")
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

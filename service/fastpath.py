@@ -1,0 +1,68 @@
+"""The infer routes without FastAPI's router in front of them.
+
+Matching a request against every route and solving dependencies costs FastAPI ~100 µs per request;
+``POST /v2/models/{m}[/versions/{v}]/infer`` is the hot path, so this pure-ASGI layer recognises it
+with one regular expression and calls the same handler the router would (``service.v2_api``), with the
+same ``{"error": ...}`` answers. Every other request goes on to FastAPI. The routes stay registered
+with FastAPI too (OpenAPI, and methods other than POST).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from starlette.requests import Request
+
+from service.errors import ApiError, error_response
+
+log = logging.getLogger("sepconv.errors")
+
+_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+
+
+class InferFastPath:
+    def __init__(self, app: Any, fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self._routes: dict[bool, Any] = {}
+        from service.v2_api import router  # noqa: PLC0415
+
+        for route in router.routes:
+            path = getattr(route, "path", "")
+            if path == "/v2/models/{model_name}/infer":
+                self._routes[False] = route
+            elif path == "/v2/models/{model_name}/versions/{version}/infer":
+                self._routes[True] = route
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        m = _INFER.match(scope["path"])
+        if m is None:
+            await self.app(scope, receive, send)
+            return
+        from service.v2_api import _infer  # noqa: PLC0415 - v2_api imports this package's app indirectly
+
+        model_name, version = m.group(1), m.group(2)
+        scope["app"] = self.fastapi_app
+        scope["route"] = self._routes.get(version is not None)
+        request = Request(scope, receive)
+        try:
+            if version is not None:
+                from service.repository import check_version  # noqa: PLC0415
+
+                check_version(version)
+            response = await _infer(request, model_name, version)
+        except ApiError as exc:
+            response = error_response(exc.status_code, exc.message, exc.headers)
+        except Exception as exc:  # noqa: BLE001 - answer JSON, log the traceback
+            from service.middleware import BodyTooLarge  # noqa: PLC0415
+
+            if isinstance(exc, BodyTooLarge):
+                raise
+            log.exception("unexpected error on POST %s", scope["path"])
+            response = error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+        await response(scope, receive, send)
