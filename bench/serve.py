@@ -63,21 +63,47 @@ def prepare_repo(model: str, repo: Path) -> Path:
 
 
 class Conn:
-    """One kept-alive HTTP/1.1 connection (TCP_NODELAY) doing raw POSTs."""
+    """One kept-alive HTTP/1.1 connection (TCP_NODELAY) sending prebuilt requests: as little client work as
+    possible, so that the figures are the server's (the client shares the machine's cores with it)."""
 
     def __init__(self, port: int) -> None:
-        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.c.connect()
-        self.c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray(1 << 20)
+
+    @staticmethod
+    def build(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+    def send(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.sock.sendall(request)
+        view, got = memoryview(self.buf), 0
+        while True:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise ConnectionError("the server closed the connection")
+            got += n
+            end = self.buf.find(b"\r\n\r\n", 0, got)
+            if end >= 0:
+                break
+        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        total = end + 4 + int(headers.get("content-length", "0"))
+        if total > len(self.buf):
+            self.buf.extend(bytes(total - len(self.buf)))
+            view = memoryview(self.buf)
+        while got < total:
+            got += self.sock.recv_into(view[got:total])
+        return status, headers, bytes(self.buf[end + 4:total])
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        self.c.request("POST", path, body=body, headers=headers)
-        r = self.c.getresponse()
-        data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        return self.send(self.build(path, body, headers))
 
     def close(self) -> None:
-        self.c.close()
+        self.sock.close()
 
 
 def binary_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -112,19 +138,19 @@ def decode_floor(body: bytes) -> float:
     return dt
 
 
-def throughput_server(port: int, path: str, body: bytes, headers: dict[str, str], clients: int,
-                      seconds: float) -> float:
+def throughput_server(port: int, request: bytes, clients: int, seconds: float) -> tuple[float, float]:
+    """(requests per second, CPU seconds this client process used per second) at ``clients`` connections."""
     counts = [0] * clients
-    stop = time.perf_counter() + seconds
     start_barrier = threading.Barrier(clients + 1)
     errors: list[str] = []
+    stop = [0.0]
 
     def worker(i: int) -> None:
         conn = Conn(port)
         start_barrier.wait()
         try:
-            while time.perf_counter() < stop:
-                status, _, data = conn.post(path, body, headers)
+            while time.perf_counter() < stop[0]:
+                status, _, data = conn.send(request)
                 if status != 200:
                     errors.append(data[:200].decode(errors="replace"))
                     return
@@ -135,14 +161,17 @@ def throughput_server(port: int, path: str, body: bytes, headers: dict[str, str]
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
+    stop[0] = time.perf_counter() + seconds + 0.05
+    cpu0 = time.process_time()
     start_barrier.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     if errors:
         raise SystemExit(f"server error during throughput run: {errors[0]}")
-    return sum(counts) / elapsed
+    return sum(counts) / elapsed, cpu / elapsed
 
 
 def main() -> None:
@@ -206,15 +235,16 @@ def main() -> None:
         load_before = os.getloadavg()
         # Latency: one sample of each kind in turn, so that background load hits every kind alike.
         inproc, srv_bin, srv_json, floor = [], [], [], []
+        bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
         for _ in range(args.rounds * args.requests):
             t = time.perf_counter()
             session.run(None, {in_name: x})
             inproc.append(time.perf_counter() - t)
             t = time.perf_counter()
-            conn.post(path, bin_body, bin_headers)
+            conn.send(bin_request)
             srv_bin.append(time.perf_counter() - t)
             t = time.perf_counter()
-            conn.post(path, js_body, js_headers)
+            conn.send(js_request)
             srv_json.append(time.perf_counter() - t)
             floor.append(decode_floor(js_body))
         conn.close()
@@ -223,6 +253,7 @@ def main() -> None:
         slice_s = args.seconds / args.rounds
         seq_rates: list[float] = []
         rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
+        client_cpu: dict[int, list[float]] = {1: [], 4: [], 16: []}
         for _ in range(args.rounds):
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < slice_s:
@@ -230,7 +261,9 @@ def main() -> None:
                 n += 1
             seq_rates.append(n / (time.perf_counter() - t0))
             for c in rates:
-                rates[c].append(throughput_server(port, path, bin_body, bin_headers, c, slice_s))
+                rate, cpu = throughput_server(port, bin_request, c, slice_s)
+                rates[c].append(rate)
+                client_cpu[c].append(cpu)
         seq_thr = statistics.median(seq_rates)
         thr = {c: statistics.median(v) for c, v in rates.items()}
         load_after = os.getloadavg()
@@ -252,7 +285,8 @@ def main() -> None:
             print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
         print(f"throughput, in-process sequential: {seq_thr:7.1f} req/s")
         for c, v in thr.items():
-            print(f"throughput, server concurrency {c:2d}: {v:7.1f} req/s  ({v / seq_thr:.2f}x)")
+            print(f"throughput, server concurrency {c:2d}: {v:7.1f} req/s  ({v / seq_thr:.2f}x; the client process "
+                  f"used {statistics.median(client_cpu[c]):.2f} CPU-s/s of the {os.cpu_count()} cores)")
         inf = stats["inference_stats"]
         avg = lambda k: inf[k]["ns"] / max(1, inf[k]["count"]) / 1e6  # noqa: E731
         print(f"server-side means over all requests: total {avg('success'):.2f} ms = queue {avg('queue'):.2f} + "

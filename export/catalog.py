@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from export.errors import ExportError
 from export.repository import (
@@ -27,6 +27,9 @@ from export.repository import (
     model_path,
     write_model,
 )
+
+if TYPE_CHECKING:
+    from export.importers import ImportedWeights
 
 DEFAULT_CATALOG = Path("models/catalog.toml")
 
@@ -89,25 +92,28 @@ class ExportResult:
     skipped: bool
     macs: int | None = None
     params: int | None = None
+    import_report: str | None = None  # with --weights: layers matched, params loaded, unused tensors
 
 
-def load_weight_source(path: Path, request: ExportRequest) -> Any:
-    """``export.importers.load_weights`` (imported lazily: h5py/torch are optional)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"weights file {str(path)!r} does not exist")
+def load_weight_source(path: Path, request: ExportRequest) -> ImportedWeights:
+    """``export.importers.load_weights`` for the request, refusing a padding that would not reproduce
+    the file's framework (imported lazily: h5py/torch are optional)."""
+    from export.importers import load_weights  # noqa: PLC0415
+
     try:
-        from export.importers import load_weights  # noqa: PLC0415
-    except ImportError as exc:
-        raise ExportError(f"importing weights needs export.importers, which is not available: {exc}") from None
-    try:
-        return load_weights(path, arch=request.arch, alpha=request.alpha, resolution=request.resolution,
-                            classes=request.classes, include_top=request.include_top,
-                            allow_unused=request.allow_unused)
+        source = load_weights(Path(path), arch=request.arch, alpha=request.alpha, resolution=request.resolution,
+                              classes=request.classes, include_top=request.include_top,
+                              allow_unused=request.allow_unused)
     except ExportError:
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"cannot read weights from {path}: {exc}") from None
+    if request.padding is not None and request.padding != source.padding:
+        origin = "PyTorch pads k//2 on both sides" if source.padding == "symmetric" else "Keras pads as TF's SAME"
+        raise ExportError(f"{Path(path).name} holds {source.file.origin} weights, which need --padding "
+                          f"{source.padding} ({origin}); with --padding {request.padding} the model would not "
+                          "reproduce its framework's outputs. Leave --padding out to get the right one")
+    return source
 
 
 def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = False) -> ExportResult:
@@ -133,17 +139,15 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
             return ExportResult(name, model_path(repo, name, request.version), skipped=True)
     net = build_network(request.arch, weights=source, **request.network_kwargs())
     extra = {EXPORT_KEY: key}
+    report = None
     if source is not None:
-        finish = getattr(source, "finish", None)
-        if callable(finish):
-            finish()  # the importer refuses a file with tensors the network never used
-        describe = getattr(source, "metadata", None)
-        if callable(describe):
-            extra.update({str(k): str(v) for k, v in describe().items()})
+        report = source.finish().text()  # the importer refuses a file with tensors the network never used
+        extra.update({str(k): str(v) for k, v in source.metadata().items()})
     path = write_model(net.model, repo, name, version=request.version, max_batch=request.max_batch_size,
                        dynamic_batching=batching, metadata=extra)
     totals = net.summary()
-    return ExportResult(name, path, skipped=False, macs=totals["macs"], params=totals["total_params"])
+    return ExportResult(name, path, skipped=False, macs=totals["macs"], params=totals["total_params"],
+                        import_report=report)
 
 
 _FIELDS = {f.name for f in fields(ExportRequest)}

@@ -6,6 +6,7 @@ symbolic; an NHWC model gets one ``Transpose`` at its input.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -70,11 +71,17 @@ def channels_last(shape: tuple[int | None, ...]) -> list[int]:
     return dims[1:] + dims[:1] if len(dims) >= 2 else dims
 
 
-_NP_TO_ONNX = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int64): TensorProto.INT64,
-}
+def layer_totals(layers: Iterable[LayerInfo]) -> dict[str, int]:
+    """The summary's totals: params (Keras' total/trainable/non-trainable), weight/deployed params, MACs."""
+    layers = list(layers)
+    return {
+        "total_params": sum(la.params for la in layers),
+        "trainable_params": sum(la.trainable for la in layers),
+        "non_trainable_params": sum(la.non_trainable for la in layers),
+        "weight_params": sum(la.weight_params for la in layers),
+        "deployed_params": sum(la.deployed_params for la in layers),
+        "macs": sum(la.macs for la in layers),
+    }
 
 
 class GraphBuilder:
@@ -145,14 +152,7 @@ class GraphBuilder:
 
     # -- accounting ----------------------------------------------------------------
     def totals(self) -> dict[str, int]:
-        return {
-            "total_params": sum(la.params for la in self.layers),
-            "trainable_params": sum(la.trainable for la in self.layers),
-            "non_trainable_params": sum(la.non_trainable for la in self.layers),
-            "weight_params": sum(la.weight_params for la in self.layers),
-            "deployed_params": sum(la.deployed_params for la in self.layers),
-            "macs": sum(la.macs for la in self.layers),
-        }
+        return layer_totals(self.layers)
 
     # -- output ----------------------------------------------------------------------
     def to_model(self, metadata: dict[str, str] | None = None, check: bool = True) -> onnx.ModelProto:

@@ -19,6 +19,7 @@ from export.padding import PaddingSpec, conv_output_hw, resolve_padding, spatial
 
 ACTIVATIONS = ("relu", "relu6", "hard_sigmoid", "hard_swish")
 LAYOUTS = ("NHWC", "NCHW")
+HARD_SWISH_OPSET = 14  # the first opset with a HardSwish operator
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def activation(b: GraphBuilder, x: Tensor, kind: str | None, name: str) -> tuple
     """Apply ``relu`` / ``relu6`` (``Clip(0, 6)``) / ``hard_sigmoid`` / ``hard_swish``.
 
     Keras' ``hard_sigmoid`` in MobileNetV3 is ``relu6(x + 3) / 6`` = ONNX ``HardSigmoid(1/6, 0.5)``,
-    and ``hard_swish`` is ``x * hard_sigmoid(x)`` = ONNX ``HardSwish``.
+    and ``hard_swish`` is ``x * hard_sigmoid(x)`` = ONNX ``HardSwish`` (spelt out as ``Mul`` + ``HardSigmoid``
+    below opset 14, which has no ``HardSwish``).
     Returns the new tensor and the node names it added (none for ``None``).
     """
     if kind is None:
@@ -152,8 +154,12 @@ def activation(b: GraphBuilder, x: Tensor, kind: str | None, name: str) -> tuple
         out = b.node("Clip", [x.name, lo, hi], f"{name}_relu6")
     elif kind == "hard_sigmoid":
         out = b.node("HardSigmoid", [x.name], f"{name}_hard_sigmoid", alpha=1.0 / 6.0, beta=0.5)
-    elif kind == "hard_swish":
+    elif kind == "hard_swish" and b.opset >= HARD_SWISH_OPSET:
         out = b.node("HardSwish", [x.name], f"{name}_hard_swish")
+    elif kind == "hard_swish":  # opset 13 has no HardSwish: x * HardSigmoid(x), the same function
+        gate = b.node("HardSigmoid", [x.name], f"{name}_hard_swish_gate", alpha=1.0 / 6.0, beta=0.5)
+        out = b.node("Mul", [x.name, gate], f"{name}_hard_swish")
+        return Tensor(out, x.shape), [gate, out]
     else:
         raise ExportError(f"unknown activation {kind!r}; expected one of {', '.join(ACTIVATIONS)}")
     return Tensor(out, x.shape), [out]

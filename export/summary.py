@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from export.graph import KINDS, LayerInfo
+from export.graph import KINDS, LayerInfo, layer_totals
 
 LAYER_FIELDS = ("name", "kind", "output_shape", "params", "macs")
-
-
-def totals(layers: Iterable[LayerInfo]) -> dict[str, int]:
-    layers = list(layers)
-    return {
-        "total_params": sum(la.params for la in layers),
-        "trainable_params": sum(la.trainable for la in layers),
-        "non_trainable_params": sum(la.non_trainable for la in layers),
-        "weight_params": sum(la.weight_params for la in layers),
-        "deployed_params": sum(la.deployed_params for la in layers),
-        "macs": sum(la.macs for la in layers),
-    }
 
 
 def summary_dict(arch: str, alpha: float, resolution: int, classes: int, layers: list[LayerInfo],
@@ -38,7 +25,7 @@ def summary_dict(arch: str, alpha: float, resolution: int, classes: int, layers:
             row["onnx_nodes"] = list(la.onnx_nodes)
         rows.append(row)
     return {"arch": arch, "alpha": float(alpha), "resolution": int(resolution), "classes": int(classes),
-            "layers": rows, **totals(layers)}
+            "layers": rows, **layer_totals(layers)}
 
 
 def by_kind(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -64,11 +51,14 @@ def render_table(summary: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    console = console or Console()
+    if console is None:  # a pipe or file gets the whole table; a terminal wraps long names
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=max(console.width, 132))
     title = (f"{summary['arch']}  alpha={summary['alpha']}  resolution={summary['resolution']}  "
              f"classes={summary['classes']}")
     table = Table(title=title, show_lines=False, header_style="bold")
-    table.add_column("Layer")
+    table.add_column("Layer", overflow="fold")  # the whole name, wrapped, on a narrow terminal
     table.add_column("Kind")
     table.add_column("Output shape")
     table.add_column("Params", justify="right")

@@ -6,7 +6,8 @@ Needs the frameworks (pip install -e '.[frameworks]'). Run from the repository r
 
     .venv/bin/python scripts/make_weight_fixtures.py
 
-Each fixture is a real network with random weights and random BatchNorm statistics, written by the
+Each fixture is a real network with random weights and random BatchNorm parameters whose statistics
+are measured on a random batch (so the outputs depend on the input and the comparison is sharp), written by the
 framework's own writer (the keras-applications layout, which Keras 3 no longer writes, by h5py
 exactly as those files are laid out). To keep the committed files at a few hundred KB, weights are
 rounded to a handful of levels (still a random network; it only makes the files compress) and each
@@ -41,25 +42,33 @@ def quantize(w: np.ndarray, levels: int = 2) -> np.ndarray:
     return (np.round(w / step) * step).astype(np.float32)
 
 
-def random_bn(c: int) -> list[np.ndarray]:
-    def q(a: np.ndarray) -> np.ndarray:
-        return (np.round(a * 8) / 8).astype(np.float32)
-
-    return [q(RNG.uniform(0.5, 1.5, c)), q(RNG.normal(0, 0.1, c)), q(RNG.normal(0, 0.1, c)),
-            q(RNG.uniform(0.5, 1.5, c))]
-
-
-def keras_model(ctor, **kw):  # noqa: ANN001, ANN201
+def keras_model(ctor, resolution: int, **kw):  # noqa: ANN001, ANN201
+    """Quantized random kernels, then random biases and BN calibrated on a random batch (the logits
+    depend on the input: see tests/fixtures/weights/keras_random.py)."""
     import keras  # noqa: PLC0415
 
-    m = ctor(weights=None, classifier_activation=None, **kw)
+    from tests.fixtures.weights.keras_random import randomize_keras_model  # noqa: PLC0415
+
+    m = ctor(weights=None, classifier_activation=None, input_shape=(resolution, resolution, 3), **kw)
     for layer in m.layers:
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([quantize(w) if w.ndim > 1 else w for w in layer.get_weights()])
+    randomize_keras_model(keras, m, 2024, resolution)
+    for layer in m.layers:  # a few bits per BN value (it compresses), still calibrated within about 1%
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights(random_bn(layer.get_weights()[0].shape[0]))
-        elif layer.weights:
-            layer.set_weights([quantize(w) if w.ndim > 1 else quantize(RNG.normal(0, 0.1, w.shape))
-                               for w in layer.get_weights()])
+            layer.set_weights(round_bn(layer.get_weights()))
     return m
+
+
+def round_bn(values: list[np.ndarray]) -> list[np.ndarray]:
+    """gamma, beta, mean, variance with 6 significant bits (compresses; about 1% from the calibrated value)."""
+    return [short_mantissa(v) for v in values]
+
+
+def short_mantissa(v: np.ndarray, bits: int = 6) -> np.ndarray:
+    """``v`` as float32 keeping ``bits`` of the 23 mantissa bits (truncated towards zero)."""
+    raw = np.ascontiguousarray(v, np.float32).view(np.uint32)
+    return (raw & np.uint32((0xFFFFFFFF << (23 - bits)) & 0xFFFFFFFF)).view(np.float32)
 
 
 def write_keras_applications_h5(model, path: Path) -> None:  # noqa: ANN001
@@ -100,7 +109,7 @@ def keras_fixtures(expected: dict) -> None:
     keras.utils.set_random_seed(0)
     r = 96
     x = fixture_input(BATCH, r)
-    v1 = keras_model(keras.applications.MobileNet, input_shape=(r, r, 3), alpha=0.25, classes=10)
+    v1 = keras_model(keras.applications.MobileNet, r, alpha=0.25, classes=10)
     name = "mobilenet_v1_0.25_96_keras_applications.h5"
     write_keras_applications_h5(v1, HERE / name)
     compress(HERE / name)
@@ -108,7 +117,7 @@ def keras_fixtures(expected: dict) -> None:
                       "padding": "same", "source": f"keras {keras.__version__}",
                       "logits": np.asarray(v1(x, training=False)).tolist()}
 
-    v2 = keras_model(keras.applications.MobileNetV2, input_shape=(r, r, 3), alpha=0.35, classes=10)
+    v2 = keras_model(keras.applications.MobileNetV2, r, alpha=0.35, classes=10)
     name = "mobilenet_v2_0.35_96.weights.h5"
     v2.save_weights(HERE / name)
     compress(HERE / name)
@@ -121,21 +130,26 @@ def torch_fixtures(expected: dict) -> None:
     import torch  # noqa: PLC0415
     from safetensors.torch import save  # noqa: PLC0415
 
-    from tests.fixtures.weights.tv_mobilenet import MobileNetV2  # noqa: PLC0415
+    from tests.fixtures.weights.tv_mobilenet import MobileNetV2, randomize_batch_norm  # noqa: PLC0415
 
     r = 96
     torch.manual_seed(7)
-    model = MobileNetV2(num_classes=10, width_mult=0.35).eval()
+    model = MobileNetV2(num_classes=10, width_mult=0.35)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                for t, v in zip((m.weight, m.bias, m.running_mean, m.running_var), random_bn(m.num_features),
-                                strict=True):
-                    t.copy_(torch.from_numpy(v))
-            elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
                 m.weight.copy_(torch.from_numpy(quantize(m.weight.numpy())))
                 if m.bias is not None:
                     m.bias.copy_(torch.from_numpy(quantize(RNG.normal(0, 0.1, m.bias.shape))))
+    model = randomize_batch_norm(model, seed=7, resolution=r)  # calibrated: the logits depend on the input
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                params = (m.weight, m.bias, m.running_mean, m.running_var)
+                for t, v in zip(params, round_bn([t.numpy() for t in params]), strict=True):
+                    t.copy_(torch.from_numpy(v))
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.copy_(torch.from_numpy(short_mantissa(m.weight.numpy())))
     x = np.ascontiguousarray(fixture_input(BATCH, r).transpose(0, 3, 1, 2))
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).numpy()

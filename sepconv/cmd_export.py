@@ -111,6 +111,8 @@ def export(
         raise fail(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a bug, but still a message rather than a traceback
         raise fail(f"export failed unexpectedly: {type(exc).__name__}: {exc}", 1) from None
+    if result.import_report:
+        typer.echo(f"imported {result.import_report}", err=True)
     typer.echo(str(result.path))
 
 
@@ -146,7 +148,7 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
         progress.update(task, description="exported")
     for r in results:
         note = "up to date" if r.skipped else f"{r.params:,} params, {r.macs / 1e6:,.1f} M MACs"
-        console.print(f"{r.name}: {note}")
+        console.print(f"{r.name}: {note}" + (f"; imported {r.import_report}" if r.import_report else ""))
         typer.echo(str(r.path))
 
 

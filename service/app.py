@@ -33,7 +33,7 @@ from service import conv_api, ops_api, profiling_api, v2_api
 from service.batcher import Scheduler
 from service.errors import install_error_handlers
 from service.fastpath import InferFastPath
-from service.metrics import BATCH_SIZE, INFER_COMPUTE, MODEL_READY
+from service.metrics import BATCH_SIZE, INFER_COMPUTE, INFER_LATENCY, INFER_QUEUE, INFER_REQUESTS, MODEL_READY
 from service.middleware import InFlight, ServiceMiddleware
 from service.repository import LoadedModel, ModelRepository
 from service.settings import Settings, get_settings
@@ -60,9 +60,11 @@ def _attach_scheduler(app: FastAPI, settings: Settings) -> Any:
             max_batch_size=model.max_batch_size, dynamic=db is not None,
             max_queue_delay_us=db.max_queue_delay_us if db else 0,
             preferred_batch_sizes=db.preferred_batch_sizes if db else None,
-            workers=settings.batch_workers or (cfg.instance_count if cfg.instance_groups else 2),
+            workers=settings.batch_workers or cfg.instance_count,
             on_execution=on_execution, label=f"{model.name}/{model.version}", adaptive=settings.adaptive_batching,
         )
+        model.metric_children = (INFER_REQUESTS.labels(*labels), INFER_LATENCY.labels(*labels),  # type: ignore
+                                 INFER_QUEUE.labels(*labels))
         MODEL_READY.labels(*labels).set(1)
 
     return attach

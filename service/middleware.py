@@ -41,6 +41,7 @@ class ServiceMiddleware:
         self.limit = int(max_request_bytes)
         self.log_requests = log_requests
         self.tracker = tracker or InFlight()
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def _reply(self, send: Any, status: int, message: str) -> None:
         body = _error_body(message)
@@ -112,8 +113,15 @@ class ServiceMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         status = status_holder[0] or 500
-        metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(method, template).observe(elapsed)
+        key = (method, template, status)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) > 10_000:  # bounded: templates, not raw paths, are the labels
+                self._children.clear()
+            children = self._children[key] = (metrics.HTTP_REQUESTS.labels(method, template, str(status)),
+                                              metrics.HTTP_LATENCY.labels(method, template))
+        children[0].inc()
+        children[1].observe(elapsed)
         if self.log_requests and access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(orjson.dumps({

@@ -31,12 +31,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import onnx
 import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import profile_trace as pt
 from service.errors import ApiError
@@ -61,15 +61,20 @@ E2E_TEXT = ("a separate session without profiling, inputs bound on the device, s
             "run after the per-layer measurement")
 
 
-@dataclass
-class ProfileRequest:
-    batch_size: int = 1
-    runs: int = 20
-    warmup: int = 5
-    provider: str = "cpu"
-    fused: bool = True
-    method: str = "auto"
-    threads: int | None = None  # intra-op threads for the profiling sessions; None = the server's setting
+class ProfileRequest(BaseModel):
+    """The body of ``POST /v1/models/{m}/profile`` (strict: ``"runs": true`` or ``"fused": "yes"`` are 422s)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    batch_size: int = Field(1, description="images per run (at most the model's max batch and profile_max_batch)")
+    runs: int = Field(20, description="timed runs (1..profile_max_runs)")
+    warmup: int = Field(5, description="untimed runs first (0..profile_max_warmup)")
+    provider: str = Field("cpu", description="cpu | cuda")
+    fused: bool = Field(True, description="true: ORT_ENABLE_ALL; false: ORT_DISABLE_ALL (one node per op)")
+    method: Literal["auto", "trace", "isolated"] = Field(
+        "auto", description="auto = trace on CPU, isolated (device-synchronised per-layer runs) on CUDA")
+    threads: int | None = Field(None, description="intra-op threads of the profiling sessions (default: the "
+                                                  "server's)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,25 +155,35 @@ class TraceStore:
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
+def check_runs(runs: int, warmup: int, settings: Settings) -> None:
+    if runs < 1 or runs > settings.profile_max_runs:
+        raise ApiError(400, f"runs must be between 1 and {settings.profile_max_runs}, got {runs}")
+    if warmup < 0 or warmup > settings.profile_max_warmup:
+        raise ApiError(400, f"warmup must be between 0 and {settings.profile_max_warmup}, got {warmup}")
+
+
+def check_provider(provider: str, threads: int | None) -> str:
+    """The provider key (``cpu`` / ``cuda``), 400 when unknown or when this server has no CUDA."""
+    check_threads(threads)
+    key = provider.strip().lower()
+    if key not in PROVIDERS:
+        raise ApiError(400, f"unknown provider {provider!r}; use 'cpu' or 'cuda'")
+    if key == "cuda" and CUDA not in available_providers():
+        raise ApiError(400, "provider 'cuda' requested but this server has no CUDA execution provider "
+                            f"(available: {', '.join(available_providers())}); use provider 'cpu'")
+    return key
+
+
 def check_request(req: ProfileRequest, settings: Settings, model_max_batch: int | None) -> str:
     """Validate bounds (400 with a message); returns the method to use."""
-    if req.runs < 1 or req.runs > settings.profile_max_runs:
-        raise ApiError(400, f"runs must be between 1 and {settings.profile_max_runs}, got {req.runs}")
-    if req.warmup < 0 or req.warmup > settings.profile_max_warmup:
-        raise ApiError(400, f"warmup must be between 0 and {settings.profile_max_warmup}, got {req.warmup}")
+    check_runs(req.runs, req.warmup, settings)
     limit = settings.profile_max_batch
     why = "the server's profile_max_batch"
     if model_max_batch and model_max_batch > 0 and model_max_batch < limit:
         limit, why = model_max_batch, "the model's max_batch_size"
     if req.batch_size < 1 or req.batch_size > limit:
         raise ApiError(400, f"batch_size must be between 1 and {limit} ({why}), got {req.batch_size}")
-    provider = req.provider.strip().lower()
-    if provider not in PROVIDERS:
-        raise ApiError(400, f"unknown provider {req.provider!r}; use 'cpu' or 'cuda'")
-    if provider == "cuda" and CUDA not in available_providers():
-        raise ApiError(400, "provider 'cuda' requested but this server has no CUDA execution provider "
-                            f"(available: {', '.join(available_providers())}); use provider 'cpu'")
-    check_threads(req.threads)
+    provider = check_provider(req.provider, req.threads)
     method = req.method.strip().lower()
     if method not in METHODS:
         raise ApiError(400, f"unknown method {req.method!r}; use one of {', '.join(METHODS)}")

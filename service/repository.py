@@ -30,8 +30,8 @@ import onnx
 import onnxruntime as ort
 
 from service.errors import ApiError
-from service.model_config import ConfigError, ModelConfig, complete_config, parse_config
-from service.runtime import ProviderError, make_session, resolve_providers
+from service.model_config import ConfigError, InstanceGroup, ModelConfig, complete_config, parse_config
+from service.runtime import ProviderError, make_session, resolve_providers, wants_gpu
 from service.settings import Settings
 from service.stats import ModelStats
 
@@ -40,6 +40,10 @@ log = logging.getLogger("sepconv.repository")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 LOADING, READY, UNAVAILABLE, UNLOADING = "LOADING", "READY", "UNAVAILABLE", "UNLOADING"
+
+# Concurrent ``session.run`` calls per model when its config has no instance_group: ORT sessions are
+# thread-safe, and two runs in flight fill the cores better than one (see service.batcher).
+DEFAULT_INSTANCES = 2
 
 
 class LoadError(Exception):
@@ -331,6 +335,10 @@ class ModelRepository:
                                     self.settings.default_max_batch_size, self.settings.default_queue_delay_us)
         batched = completed.max_batch_size > 0
         providers = list(session.get_providers())
+        if not completed.instance_groups:  # as Triton does: the kind the session really got
+            completed.instance_groups = [InstanceGroup(kind="KIND_GPU" if wants_gpu(providers) else "KIND_CPU",
+                                                       count=self.settings.batch_workers or DEFAULT_INSTANCES)]
+            completed.auto_completed.append("instance_group")
         model = LoadedModel(
             name=name, version=version, path=path, session=session, metadata=metadata, config=completed,
             providers=providers,

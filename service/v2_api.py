@@ -281,10 +281,14 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
         end = time.perf_counter_ns()
         model.stats.record_request(True, end - start, job.queue_ns, job.input_ns, job.infer_ns,
                                    job.output_ns + (end - t_enc))
-        labels = (model.name, model.version)
-        metrics.INFER_REQUESTS.labels(*labels).inc()
-        metrics.INFER_LATENCY.labels(*labels).observe((end - start) / 1e9)
-        metrics.INFER_QUEUE.labels(*labels).observe(job.queue_ns / 1e9)
+        children = getattr(model, "metric_children", None)
+        if children is None:
+            labels = (model.name, model.version)
+            children = (metrics.INFER_REQUESTS.labels(*labels), metrics.INFER_LATENCY.labels(*labels),
+                        metrics.INFER_QUEUE.labels(*labels))
+        children[0].inc()
+        children[1].observe((end - start) / 1e9)
+        children[2].observe(job.queue_ns / 1e9)
         media = "application/octet-stream" if hlen is not None else _JSON
         return Response(body_out, media_type=media, headers=resp_headers)
     except ApiError as exc:

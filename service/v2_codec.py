@@ -132,6 +132,17 @@ def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
                                                  else np.array(data, dtype=object).reshape(-1)))
         if not ok:
             raise _bad(f"input {name!r}: BOOL data must be true/false")
+    if dtype.kind == "f" and data and not isinstance(data[0], list):
+        # the usual case (tritonclient sends flat lists): fromiter skips np.array's shape discovery
+        try:
+            arr = np.fromiter(data, dtype=dtype, count=len(data))
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _bad(f"input {name!r}: 'data' must hold only {datatype} numbers ({exc})") from exc
+        if arr.size != count:
+            raise _bad(f"input {name!r}: shape {shape} needs {count} elements, 'data' has {arr.size}")
+        if np.isnan(arr).any():  # JSON has no NaN: it came from null
+            raise _bad(f"input {name!r}: 'data' holds null")
+        return arr.reshape(shape)
     try:
         arr = np.array(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -149,6 +160,8 @@ def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
             raise _bad(f"input {name!r}: values out of range for {datatype}")
     if arr.dtype == object:
         raise _bad(f"input {name!r}: 'data' is not a regular (rectangular) array")
+    if dtype.kind == "f" and np.isnan(arr).any():
+        raise _bad(f"input {name!r}: 'data' holds null")
     if arr.size != count:
         raise _bad(f"input {name!r}: shape {shape} needs {count} elements, 'data' has {arr.size}")
     return arr.reshape(shape)

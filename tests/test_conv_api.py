@@ -8,8 +8,6 @@ and the ``sepconv.client`` helpers.
 from __future__ import annotations
 
 import base64
-import json
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,18 +16,13 @@ import pytest
 from sepconv import client
 from service.app import create_app
 from service.settings import Settings
+from tests.fixtures import reference
 from tests.numpy_reference import conv2d_nhwc, depthwise_conv2d_nhwc, max_rel_err, separable_conv2d_nhwc
 from tests.serving import running_server
 
-SEED_LOCAL = Path(__file__).parent / "fixtures" / "seed_conv_examples.json"  # copy of reference/seed_conv_examples.json
-SEED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_conv_examples.json"
-
 
 def _seed() -> dict:
-    for path in (SEED_LOCAL, SEED):
-        if path.exists():
-            return json.loads(path.read_text())
-    raise AssertionError(f"the seed's worked example is missing: {SEED_LOCAL}")
+    return reference.load("seed_conv_examples.json")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ becomes a model that reproduces the source framework; a wrong one is refused and
 from __future__ import annotations
 
 import json
-import lzma
 import os
 import re
 import subprocess
@@ -16,10 +15,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.fixtures.weights import EXPECTED, HERE, fixture_input
+from tests.fixtures.weights import decompress_all, expected, fixture_input
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = json.loads(EXPECTED.read_text())
+FIXTURES = expected()
 V1_H5 = "mobilenet_v1_0.25_96_keras_applications.h5"
 V2_KERAS3 = "mobilenet_v2_0.35_96.weights.h5"
 V2_TORCH = "mobilenet_v2_0.35_96_torchvision.safetensors"
@@ -33,10 +32,8 @@ def sepconv(*args: str | Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("weights")
-    for name in FIXTURES["fixtures"]:
-        (out / name).write_bytes(lzma.decompress((HERE / f"{name}.xz").read_bytes()))
-    return out
+    """The fixtures, decompressed into a temporary folder."""
+    return decompress_all(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.mark.parametrize("name", [V2_KERAS3, V2_TORCH])
@@ -49,6 +46,9 @@ def test_export_with_weights_reproduces_the_framework(files: Path, tmp_path: Pat
     assert r.returncode == 0, r.stderr
     path = Path(r.stdout.strip().splitlines()[-1])
     assert path == repo / f"{spec['arch']}_{spec['alpha']}_{spec['resolution']}" / "1" / "model.onnx"
+    # the import report, on stderr (stdout is the model path alone)
+    assert re.search(r"imported .*: (\d+)/\1 layers matched, \d+ tensors, [\d,]+ params loaded, 0 unused", r.stderr), \
+        r.stderr
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["padding"] == spec["padding"] and meta["weights_origin"] in ("keras", "torchvision")
     assert json.loads(meta["import_report"])["unused"] == []
@@ -77,10 +77,14 @@ def _corrupt(files: Path, tmp: Path) -> dict[str, Path]:
         ("truncated", [], "truncated"),
         ("random", [], "not a weights file"),
         ("pickle", [], "PyTorch|torch"),
+        ("torch-same", ["--padding", "same"], "torchvision weights, which need --padding symmetric"),
+        ("keras-symmetric", ["--padding", "symmetric"], "keras weights, which need --padding same"),
+        ("folder", [], "is a folder"),
     ],
 )
 def test_wrong_weights_write_nothing(files: Path, tmp_path: Path, case: str, extra: list[str], message: str) -> None:
     weights = {"v1-as-v2": files / V1_H5, "alpha": files / V2_KERAS3, "no-top": files / V2_KERAS3,
+               "torch-same": files / V2_TORCH, "keras-symmetric": files / V2_KERAS3, "folder": files,
                **_corrupt(files, tmp_path)}[case]
     repo = tmp_path / "repo"
     r = sepconv("export", "mobilenet_v2", "--weights", weights, "--resolution", "96", "--repo", repo, *extra)

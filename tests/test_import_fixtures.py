@@ -5,7 +5,6 @@ computed for them (``tests/fixtures/weights/expected.json``, made by scripts/mak
 from __future__ import annotations
 
 import json
-import lzma
 import sys
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import pytest
 
 from export.errors import ExportError
 from export.importers import build_imported, detect_format, load_weights
-from tests.fixtures.weights import EXPECTED, HERE, fixture_input
+from tests.fixtures.weights import decompress_all, expected, fixture_input, output_spread
 
-FIXTURES = json.loads(EXPECTED.read_text())
+FIXTURES = expected()
 TOLERANCE = 1e-4
 
 V1_H5 = "mobilenet_v1_0.25_96_keras_applications.h5"
@@ -28,10 +27,7 @@ V2_TORCH = "mobilenet_v2_0.35_96_torchvision.safetensors"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixtures, decompressed into a temporary folder."""
-    out = tmp_path_factory.mktemp("weights")
-    for name in FIXTURES["fixtures"]:
-        (out / name).write_bytes(lzma.decompress((HERE / f"{name}.xz").read_bytes()))
-    return out
+    return decompress_all(tmp_path_factory.mktemp("weights"))
 
 
 def run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
@@ -48,6 +44,8 @@ def fixture_batch(spec: dict) -> np.ndarray:
 def test_fixture_matches_source_framework(files: Path, name: str) -> None:
     pytest.importorskip("safetensors" if name.endswith(".safetensors") else "h5py")
     spec = FIXTURES["fixtures"][name]
+    # the framework's logits depend on the input (a network that ignores it would hide layout errors)
+    assert output_spread(spec["logits"]) > 0.05
     net, weights = build_imported(files / name, spec["arch"], resolution=spec["resolution"],
                                   input_layout=spec["input_layout"])
     # alpha, classes and padding were read from the file, not given

@@ -3,9 +3,7 @@ independent numpy reference, and (when installed) TensorFlow and PyTorch."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,6 +12,7 @@ import pytest
 from export import layers as L
 from export.errors import ExportError
 from export.graph import GraphBuilder
+from tests.fixtures import reference
 from tests.numpy_reference import (
     conv2d_nhwc,
     depthwise_conv2d_nhwc,
@@ -26,27 +25,21 @@ from tests.numpy_reference import (
 # TensorFlow is imported.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.is_dir():  # CI: shared/ beside the clone
-    REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference"
 TOL = 1e-5
 
 
 def _reference(name: str) -> dict:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    return json.loads(path.read_text())
+    return reference.load(name)
 
 
 # --------------------------------------------------------------------------------------------
 # one-layer graphs
 # --------------------------------------------------------------------------------------------
 def single_layer(op: str, in_shape_nhwc: tuple[int, int, int, int], layout: str, *, padding="SAME", strides=1,
-                 dilations=1, filters=(), bias=None, act=None) -> tuple[GraphBuilder, object]:
+                 dilations=1, filters=(), bias=None, act=None, opset=17) -> tuple[GraphBuilder, object]:
     """Build ``op`` on an input of ``in_shape_nhwc``; the graph's input and output are in ``layout``."""
     n, h, w, c = in_shape_nhwc
-    b = GraphBuilder("single")
+    b = GraphBuilder("single", opset=opset)
     x = L.network_input(b, "input", layout, c, h, w)
     kw = {"name": "op", "strides": strides, "padding": padding, "dilations": dilations, "data_format": layout,
           "act": act}
@@ -235,7 +228,8 @@ def test_cases_cover_the_space():
     assert {c["hw"][0] % 2 for c in CASES} == {0, 1}
 
 
-def test_bias_and_activations():
+@pytest.mark.parametrize("opset", [13, 17])  # opset 13 has no HardSwish operator: spelt out
+def test_bias_and_activations(opset):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(1, 7, 6, 3)).astype(np.float32) * 4
     f = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
@@ -244,8 +238,36 @@ def test_bias_and_activations():
     expect = {"relu": np.maximum(base, 0), "relu6": np.clip(base, 0, 6),
               "hard_sigmoid": np.clip(base / 6 + 0.5, 0, 1), "hard_swish": base * np.clip(base + 3, 0, 6) / 6}
     for act, ref in expect.items():
-        y, _ = run_single("conv2d", x, "NHWC", filters=(f,), bias=bias, act=act)
+        y, _ = run_single("conv2d", x, "NHWC", filters=(f,), bias=bias, act=act, opset=opset)
         assert max_rel_err(y, ref) <= TOL, act
+
+
+@pytest.mark.parametrize(("op", "filter_shape"), [("conv2d", (3, 3, 4, 6)), ("depthwise_conv2d", (3, 3, 4, 2))])
+def test_folded_batch_norm_equals_the_kept_one(op, filter_shape):
+    """BN folded into the kernel and bias gives what a separate BatchNormalization node gives."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 9, 8, 4)).astype(np.float32)
+    f = rng.normal(size=filter_shape).astype(np.float32)
+    cout = filter_shape[3] * (filter_shape[2] if op == "depthwise_conv2d" else 1)
+    bias = rng.normal(size=cout).astype(np.float32)
+    bn = L.BatchNorm(gamma=rng.uniform(0.5, 1.5, cout), beta=rng.normal(0, 0.5, cout),
+                     mean=rng.normal(0, 0.5, cout), var=rng.uniform(0.1, 2.0, cout), eps=1e-3)
+    outputs = {}
+    for fold in (True, False):
+        b = GraphBuilder("bn")
+        t = L.network_input(b, "input", "NHWC", 4, 9, 8)
+        layer = getattr(L, op)
+        t = layer(b, t, f, name="op", bias=bias, strides=2, bn=bn, fold_bn=fold, act="relu6")
+        L.network_output(b, t, "output", "NHWC")
+        ops = {n.op_type for n in b.nodes}
+        assert ("BatchNormalization" in ops) is not fold
+        assert b.layers[0].params == f.size + cout + 4 * cout  # Keras: kernel, bias, gamma, beta, mean, var
+        sess = ort.InferenceSession(b.to_model().SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs[fold] = sess.run(None, {"input": x})[0]
+    base = (conv2d_nhwc if op == "conv2d" else depthwise_conv2d_nhwc)(x, f, strides=(2, 2), padding="SAME") + bias
+    expected = np.clip((base - bn.mean) / np.sqrt(bn.var + bn.eps) * bn.gamma + bn.beta, 0, 6)
+    assert max_rel_err(outputs[False], expected) <= TOL
+    assert max_rel_err(outputs[True], outputs[False]) <= TOL
 
 
 # --------------------------------------------------------------------------------------------

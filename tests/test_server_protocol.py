@@ -59,6 +59,8 @@ def test_config_auto_completed_and_from_pbtxt(triton) -> None:
     assert auto["output"][0]["dims"] == [CNN_CLASSES]
     assert auto["platform"] == "onnxruntime_onnx" and "dynamic_batching" in auto
     assert auto["parameters"]["execution_providers"]["string_value"] == "CPUExecutionProvider"
+    assert auto["instance_group"][0]["kind"] == "KIND_CPU"  # what the session really got
+    assert auto["instance_group"][0]["count"] == 2  # concurrent session.run calls
     cfg = triton.get_model_config("tiny_cfg")
     assert cfg["max_batch_size"] == 4
     assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == 2000

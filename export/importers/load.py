@@ -13,6 +13,7 @@ from export.importers.source import ImportedWeights
 from export.importers.store import KERAS, WeightFile
 from export.importers.torchvision_map import TORCHVISION_BN_EPSILON, map_torchvision
 from export.networks import KERAS_PREPROCESSING
+from export.repository import set_metadata
 
 KERAS_BN_EPSILON = 1e-3
 KERAS_V3_PREPROCESSING = ("scale RGB pixels to [-1, 1]: x / 127.5 - 1 (what the Keras model's own Rescaling "
@@ -34,6 +35,8 @@ def load_weights(path: str | Path, *, arch: str, alpha: float | None = None, res
     if arch not in ARCHS:
         raise ExportError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"weights file {str(path)!r} is a folder; give the weights file itself")
     if not path.is_file():
         raise ExportError(f"weights file {str(path)!r} does not exist")
     wf = read_weight_file(path, arch)
@@ -109,8 +112,6 @@ def build_imported(path: str | Path, arch: str, *, alpha: float | None = None, r
                         weights=weights, fold_bn=fold_bn, opset=opset)
     weights.finish()
     extra = weights.metadata()
-    for key, value in extra.items():
-        entry = next((p for p in net.model.metadata_props if p.key == key), None) or net.model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_metadata(net.model, extra)
     net.metadata.update(extra)
     return net, weights

@@ -114,14 +114,6 @@ def guess_arch(layer_names: set[str]) -> tuple[str | None, float]:
     return best, best_score
 
 
-def arch_coverage(arch: str, layer_names: set[str]) -> float:
-    """Which fraction of the file's layers ``arch`` knows."""
-    if not layer_names:
-        return 0.0
-    names = {la.name for la in keras_layers(arch, True)}
-    return len(layer_names & names) / len(layer_names)
-
-
 def _make_divisible(v: float, divisor: int = 8) -> int:
     from export.networks.common import make_divisible  # noqa: PLC0415
 

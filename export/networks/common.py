@@ -7,6 +7,7 @@ block function that turns one table row into layers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from export.padding import PaddingSpec
 from export.weights import WeightSource
 
 PADDING_STYLES = ("same", "symmetric")
+MAX_WEIGHTS = 2**31 // 4  # float32 values in 2 GiB, the most one ONNX (protobuf) file can hold
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -54,6 +56,7 @@ class NetContext:
     weights: WeightSource
     padding: str = "same"  # "same" (TF/Keras exact) or "symmetric" (PyTorch/torchvision)
     fold_bn: bool = True
+    weights_requested: int = 0  # values asked for so far (refused past MAX_WEIGHTS, before any allocation)
 
     @property
     def bn_epsilon(self) -> float:
@@ -61,6 +64,10 @@ class NetContext:
 
     # -- weights ------------------------------------------------------------------------
     def weight(self, layer: str, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        self.weights_requested += math.prod(shape)
+        if self.weights_requested > MAX_WEIGHTS:
+            raise ExportError(f"{layer} ({name} {list(shape)}) takes the network past {MAX_WEIGHTS:,} weights, "
+                              "2 GiB, the most an ONNX file holds: use fewer classes or a smaller alpha")
         arr = np.asarray(self.weights.get(layer, name, shape))
         if tuple(arr.shape) != tuple(shape):
             raise ExportError(
