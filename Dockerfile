@@ -64,7 +64,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && groupadd --system --gid 10001 sepconv \
- && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin sepconv
+ && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin sepconv \
+ && install -d -o 10001 -g 10001 /var/lib/sepconv/traces
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/models /app/models

@@ -141,7 +141,11 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
             return
         if csv_file is not None:
-            write_csv(result, csv_file)
+            try:
+                write_csv(result, csv_file)
+            except OSError as exc:
+                err.print(f"[red]error:[/red] cannot write {csv_file}: {exc.strerror or exc}")
+                raise typer.Exit(1) from None
             err.print(f"wrote {len(result['layers'])} rows to {csv_file}")
         out = Console() if sys.stdout.isatty() else Console(width=150)  # pipes and files get the full table
         out.print(layers_table(result, top))
@@ -149,4 +153,7 @@ def register(app: typer.Typer) -> None:
         gap = result.get("gap_percent")
         out.print(f"summed layer time {result.get('layer_sum_ms', 0):.3f} ms vs end-to-end p50 "
                   f"{result['e2e_ms']['p50']:.3f} ms (gap {'-' if gap is None else f'{gap:+.1f}'}%)")
-        out.print(f"trace (Perfetto / chrome://tracing): {result.get('trace_url', '-')}")
+        if result.get("trace_url"):
+            out.print(f"trace (Perfetto / chrome://tracing): {result['trace_url']}")
+        else:
+            out.print(f"no trace: {result.get('trace_error', 'the server kept none')}")

@@ -63,7 +63,7 @@ def _attach_scheduler(app: FastAPI, settings: Settings) -> Any:
             workers=settings.batch_workers or cfg.instance_count,
             on_execution=on_execution, label=f"{model.name}/{model.version}", adaptive=settings.adaptive_batching,
         )
-        model.metric_children = (INFER_REQUESTS.labels(*labels), INFER_LATENCY.labels(*labels),  # type: ignore
+        model.metric_children = (INFER_REQUESTS.labels(*labels), INFER_LATENCY.labels(*labels),
                                  INFER_QUEUE.labels(*labels))
         MODEL_READY.labels(*labels).set(1)
 

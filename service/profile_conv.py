@@ -11,11 +11,11 @@ the p50s wander; ``measured_ratio_min`` (best run of each) is the steadier figur
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
+from pydantic import BaseModel, ConfigDict, Field
 
 from export import layers as L
 from export.errors import ExportError
@@ -24,20 +24,22 @@ from export.padding import conv_output_hw, resolve_padding, spatial_pair
 from service.errors import ApiError
 from service.profile_timing import BoundRun, random_feeds
 from service.profile_trace import summarize
-from service.profiler import PROVIDERS, _session, check_threads, with_threads
-from service.runtime import available_providers
+from service.profiler import _session, check_provider, check_runs, with_threads
 from service.settings import Settings
 
 VARIANTS = ("standard", "depthwise", "pointwise", "separable")
 
 
-@dataclass
-class ConvProfileRequest:
-    input_shape: list[int]
-    filters: int
+class ConvProfileRequest(BaseModel):
+    """The body of ``POST /v1/profile/conv`` (strict types, unknown fields refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input_shape: list[int] = Field(..., description="[N, H, W, C]")
+    filters: int = Field(..., description="output channels N of the standard and pointwise convs")
     kernel_size: int | list[int] = 3
     strides: int | list[int] = 1
-    padding: str | list[Any] = "SAME"
+    padding: str | list[list[int]] | list[int] = "SAME"
     dilations: int | list[int] = 1
     depth_multiplier: int = 1
     runs: int = 20
@@ -104,19 +106,10 @@ def check_conv_request(req: ConvProfileRequest, settings: Settings) -> tuple[lis
         raise ApiError(400, f"filters must be >= 1, got {req.filters}")
     if req.depth_multiplier < 1:
         raise ApiError(400, f"depth_multiplier must be >= 1, got {req.depth_multiplier}")
-    if req.runs < 1 or req.runs > settings.profile_max_runs:
-        raise ApiError(400, f"runs must be between 1 and {settings.profile_max_runs}, got {req.runs}")
-    if req.warmup < 0 or req.warmup > settings.profile_max_warmup:
-        raise ApiError(400, f"warmup must be between 0 and {settings.profile_max_warmup}, got {req.warmup}")
+    check_runs(req.runs, req.warmup, settings)
     if shape[0] > settings.profile_max_batch:
         raise ApiError(400, f"batch (input_shape[0]) must be at most {settings.profile_max_batch}, got {shape[0]}")
-    check_threads(req.threads)
-    provider = req.provider.strip().lower()
-    if provider not in PROVIDERS:
-        raise ApiError(400, f"unknown provider {req.provider!r}; use 'cpu' or 'cuda'")
-    if provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
-        raise ApiError(400, "provider 'cuda' requested but this server has no CUDA execution provider "
-                            f"(available: {', '.join(available_providers())}); use provider 'cpu'")
+    check_provider(req.provider, req.threads)
     elements = int(np.prod(shape))
     if elements > settings.conv_max_elements:
         raise ApiError(413, f"input has {elements} elements; this server allows {settings.conv_max_elements}")
@@ -145,7 +138,7 @@ def _ratio(a: float, b: float) -> float | None:
 def profile_conv(req: ConvProfileRequest, settings: Settings) -> dict[str, Any]:
     shape, kh, kw = check_conv_request(req, settings)
     settings = with_threads(settings, req.threads)
-    provider = req.provider.strip().lower()
+    provider = check_provider(req.provider, req.threads)
     rng = np.random.default_rng(0)
     built: dict[str, tuple[onnx.ModelProto, list[Any]]] = {}
     try:

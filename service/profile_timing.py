@@ -28,8 +28,12 @@ _NP_TYPES = {
 }
 
 
-def device_of(session: ort.InferenceSession) -> str:
-    return "cuda" if session.get_providers()[0] == CUDA else "cpu"
+def device_of(session: ort.InferenceSession) -> tuple[str, int]:
+    """Where the session's inputs and outputs live: ``("cuda", its device_id)`` or ``("cpu", 0)``."""
+    if session.get_providers()[0] != CUDA:
+        return "cpu", 0
+    options = session.get_provider_options().get(CUDA, {})
+    return "cuda", int(options.get("device_id") or 0)
 
 
 def random_feeds(session: ort.InferenceSession, batch: int, seed: int = 0,
@@ -54,16 +58,17 @@ class BoundRun:
     session: ort.InferenceSession
     binding: ort.IOBinding
     device: str
+    device_id: int = 0
 
     @classmethod
     def create(cls, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> BoundRun:
-        device = device_of(session)
+        device, device_id = device_of(session)  # the session's own GPU (SEPCONV_CUDA_DEVICE_ID), not always 0
         binding = session.io_binding()
         for name, value in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, device, 0))
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, device, device_id))
         for out in session.get_outputs():
-            binding.bind_output(out.name, device, 0)
-        return cls(session, binding, device)
+            binding.bind_output(out.name, device, device_id)
+        return cls(session, binding, device, device_id)
 
     def run_once(self) -> float:
         """One synchronised run; its wall time in microseconds."""
@@ -80,7 +85,3 @@ class BoundRun:
             self.run_once()
         return [self.run_once() for _ in range(runs)]
 
-
-def time_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> list[float]:
-    """Per-run wall times (us) of ``session`` on ``feeds``, device-synchronised."""
-    return BoundRun.create(session, feeds).time(runs, warmup)

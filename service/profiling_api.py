@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Literal
+from typing import Any
 
 import onnx
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
 from service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
@@ -25,35 +24,6 @@ from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["profiling"])
 _init_lock = threading.Lock()
-
-
-class ProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    batch_size: int = Field(1, description="images per run (at most the model's max batch and profile_max_batch)")
-    runs: int = Field(20, description="timed runs (1..profile_max_runs)")
-    warmup: int = Field(5, description="untimed runs first")
-    provider: str = Field("cpu", description="cpu | cuda")
-    fused: bool = Field(True, description="true: ORT_ENABLE_ALL; false: ORT_DISABLE_ALL (one node per op)")
-    method: Literal["auto", "trace", "isolated"] = Field(
-        "auto", description="auto = trace on CPU, isolated (device-synchronised per-layer runs) on CUDA")
-    threads: int | None = Field(None, description="intra-op threads of the profiling sessions (default: server's)")
-
-
-class ConvProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input_shape: list[int] = Field(..., description="[N, H, W, C]")
-    filters: int = Field(..., description="output channels N of the standard and pointwise convs")
-    kernel_size: int | list[int] = 3
-    strides: int | list[int] = 1
-    padding: str | list[list[int]] | list[int] = "SAME"
-    dilations: int | list[int] = 1
-    depth_multiplier: int = 1
-    runs: int = 20
-    warmup: int = 5
-    provider: str = "cpu"
-    threads: int | None = None
 
 
 def _settings(request: Request) -> Settings:
@@ -94,11 +64,10 @@ def model_summary(model_name: str, request: Request) -> dict[str, Any]:
 
 
 @router.post("/v1/models/{model_name}/profile", summary="Per-layer profile of a loaded model")
-def profile(model_name: str, request: Request, body: ProfileBody | None = None) -> dict[str, Any]:
-    body = body or ProfileBody()
+def profile(model_name: str, request: Request, body: ProfileRequest | None = None) -> dict[str, Any]:
+    req = body or ProfileRequest()
     loaded = _model(request, model_name)
     gate, store = _state(request)
-    req = ProfileRequest(**body.model_dump())
     settings = _settings(request)
     check_request(req, settings, loaded.max_batch_size)  # a bad request is a 4xx even while the server is busy
     with gate.hold(f"profile of {model_name}"):
@@ -109,9 +78,8 @@ def profile(model_name: str, request: Request, body: ProfileBody | None = None) 
 
 
 @router.post("/v1/profile/conv", summary="Standard vs depthwise vs pointwise vs separable, measured")
-def conv_profile(body: ConvProfileBody, request: Request) -> dict[str, Any]:
+def conv_profile(req: ConvProfileRequest, request: Request) -> dict[str, Any]:
     gate, _ = _state(request)
-    req = ConvProfileRequest(**body.model_dump())
     settings = _settings(request)
     check_conv_request(req, settings)
     with gate.hold("conv profile"):

@@ -91,7 +91,9 @@ class LoadedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     stats: ModelStats = field(default_factory=ModelStats)
-    scheduler: Any = None  # service.batcher.Scheduler, attached by the repository
+    scheduler: Any = None  # service.batcher.Scheduler, attached by the app when the model loads
+    requested_providers: list[str] = field(default_factory=list)  # what was asked for (providers = what runs)
+    metric_children: Any = None  # per-model Prometheus children, attached by the app
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -341,11 +343,10 @@ class ModelRepository:
             completed.auto_completed.append("instance_group")
         model = LoadedModel(
             name=name, version=version, path=path, session=session, metadata=metadata, config=completed,
-            providers=providers,
+            providers=providers, requested_providers=resolve_providers(requested, self.settings),
             inputs=[TensorSpec(t.name, t.datatype, _spec_shape(t.dims, batched)) for t in completed.inputs],
             outputs=[TensorSpec(t.name, t.datatype, _spec_shape(t.dims, batched)) for t in completed.outputs],
         )
-        model.requested_providers = resolve_providers(requested, self.settings)  # type: ignore[attr-defined]
         for cb in self.on_loaded:
             cb(model)
         return model

@@ -27,7 +27,7 @@ from service import metrics
 from service.errors import ApiError
 from service.model_config import ConfigError, config_from_json
 from service.repository import READY, LoadedModel, ModelRepository, check_name, check_version
-from service.v2_codec import encode_infer_response, parse_infer_request
+from service.v2_codec import InferRequest, encode_infer_response, parse_infer_request
 
 log = logging.getLogger("sepconv.v2")
 
@@ -124,7 +124,7 @@ def _metadata(repo: ModelRepository, model: LoadedModel) -> dict[str, Any]:
             "version": model.version,
             "max_batch_size": model.max_batch_size,
             "execution_providers": model.providers,
-            "requested_providers": getattr(model, "requested_providers", None),
+            "requested_providers": model.requested_providers,
             "onnx_metadata": model.metadata,
         },
     }
@@ -196,7 +196,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _feed(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], int]:  # noqa: ANN001
+def _feed(model: LoadedModel, req: InferRequest) -> tuple[dict[str, np.ndarray], int]:
     specs = model.input_map
     given = {t.name for t in req.inputs}
     unknown = given - specs.keys()
@@ -222,8 +222,11 @@ def _feed(model: LoadedModel, req) -> tuple[dict[str, np.ndarray], int]:  # noqa
         if batched:
             batches.add(t.shape[0])
         arr = t.array
-        if t.datatype == "BYTES":
-            arr = np.array([x.decode("utf-8", "replace") for x in arr.reshape(-1)], dtype=object).reshape(t.shape)
+        if t.datatype == "BYTES":  # ONNX strings are UTF-8 text
+            try:
+                arr = np.array([x.decode("utf-8") for x in arr.reshape(-1)], dtype=object).reshape(t.shape)
+            except UnicodeDecodeError as exc:
+                raise ApiError(400, f"input {t.name!r}: BYTES elements must be UTF-8 text ({exc})") from exc
         feed[t.name] = arr
     if batched:
         if len(batches) != 1:
@@ -281,7 +284,7 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
         end = time.perf_counter_ns()
         model.stats.record_request(True, end - start, job.queue_ns, job.input_ns, job.infer_ns,
                                    job.output_ns + (end - t_enc))
-        children = getattr(model, "metric_children", None)
+        children = model.metric_children
         if children is None:
             labels = (model.name, model.version)
             children = (metrics.INFER_REQUESTS.labels(*labels), metrics.INFER_LATENCY.labels(*labels),

@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,10 @@ def test_compose_services_are_wired_as_documented():
     assert gpu["environment"]["SEPCONV_PROVIDERS"] == "auto"
     # scale profile: N replicas behind nginx running the repository's config
     assert services["replica"]["profiles"] == ["scale"] and services["replica"]["deploy"]["replicas"] == 4
+    # the replicas share one trace folder (a named volume), so trace_url works through the balancer
+    trace_dir = services["replica"]["environment"]["SEPCONV_TRACE_DIR"]
+    assert f"traces:{trace_dir}" in services["replica"]["volumes"] and "traces" in doc["volumes"]
+    assert "models:/app/models" in services["replica"]["volumes"]
     assert "ports" not in services["replica"]
     lb = services["lb"]
     assert lb["profiles"] == ["scale"]
@@ -273,3 +278,24 @@ def test_compose_cli_accepts_the_file_when_installed():
     rendered = yaml.safe_load(result.stdout)
     assert set(rendered["services"]) == {"sepconv", "sepconv-gpu", "replica", "lb"}
     assert rendered["services"]["replica"]["deploy"]["replicas"] == 5
+
+
+# -- the image's health check script ---------------------------------------------------------------------------
+def run_healthcheck(url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SEPCONV_HEALTH_URL": url}
+    return subprocess.run([sys.executable, str(ROOT / "deploy" / "healthcheck.py")], capture_output=True,
+                          text=True, env=env, timeout=30)
+
+
+def test_healthcheck_script_passes_only_on_a_ready_answer(tmp_path: Path):
+    """deploy/healthcheck.py (the Dockerfile's HEALTHCHECK) against a real server: 0 on 200, 1 otherwise."""
+    from service.app import create_app  # noqa: PLC0415
+    from service.settings import Settings  # noqa: PLC0415
+    from tests.serving import free_port, running_server  # noqa: PLC0415
+
+    with running_server(create_app(Settings(repo=tmp_path, trace_dir=tmp_path / "traces"))) as url:
+        assert run_healthcheck(f"{url}/v2/health/ready").returncode == 0
+        not_ready = run_healthcheck(f"{url}/v2/models/absent/ready")  # a 4xx/5xx answer is unhealthy
+        assert not_ready.returncode == 1 and "unhealthy" in not_ready.stderr
+    refused = run_healthcheck(f"http://127.0.0.1:{free_port()}/v2/health/ready")  # nothing listening
+    assert refused.returncode == 1 and "unhealthy" in refused.stderr

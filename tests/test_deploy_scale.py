@@ -85,8 +85,9 @@ def model_repo(tmp_path_factory) -> Path:
 def cluster(model_repo: Path, tmp_path_factory) -> Iterator[tuple[str, list[Replica], Path]]:
     """Three replicas and nginx in front of them; yields (nginx URL, replicas, nginx access log)."""
     logs = tmp_path_factory.mktemp("logs")
+    # one trace folder for all replicas, as the compose `scale` profile shares the `traces` volume
     env = {**os.environ, "SEPCONV_INTRA_OP_THREADS": "1", "SEPCONV_INTER_OP_THREADS": "1",
-           "SEPCONV_PROVIDERS": "cpu"}
+           "SEPCONV_PROVIDERS": "cpu", "SEPCONV_TRACE_DIR": str(tmp_path_factory.mktemp("traces"))}
     replicas: list[Replica] = []
     prefix = nginx_prefix()
     nginx: subprocess.Popen | None = None
@@ -174,6 +175,25 @@ def test_smoke_test_script_through_nginx(cluster, model_repo):
     assert '"compared_with_onnxruntime": true' in result.stdout and f'"model": "{MODEL}"' in result.stdout
 
 
+def test_profile_trace_url_through_nginx(cluster):
+    """A profile asked through the balancer names the balancer (Host keeps its port) in ``trace_url``, and the
+    trace downloads whichever replica answers the download (the replicas share their trace folder)."""
+    url, _, access_log = cluster
+    with httpx.Client(timeout=120.0) as client:
+        response = client.post(f"{url}/v1/models/{MODEL}/profile", json={"runs": 1, "warmup": 0})
+        assert response.status_code == 200, response.text
+        trace_url = response.json()["trace_url"]
+        assert trace_url.startswith(f"{url}/v1/profile/traces/"), trace_url
+        for _ in range(2 * REPLICAS):  # least_conn on idle replicas: the downloads reach every replica
+            trace = client.get(trace_url)
+            assert trace.status_code == 200, trace.text
+            assert trace.json()["traceEvents"]
+    time.sleep(0.2)
+    served_by = {line.split("upstream=")[1].split()[0] for line in access_log.read_text().splitlines()
+                 if "/v1/profile/traces/" in line}
+    assert len(served_by) > 1, served_by
+
+
 def test_killing_a_replica_mid_run_loses_no_request(cluster, reference):
     url, replicas, access_log = cluster
     victim = replicas[0]
@@ -222,3 +242,4 @@ def test_killing_a_replica_mid_run_loses_no_request(cluster, reference):
     retried = [line for line in access_log.read_text().splitlines()
                if f"upstream={victim_addr}, " in line and " 200 " in line]
     assert retried, "no request was retried away from the killed replica"
+

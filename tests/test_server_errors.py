@@ -33,6 +33,11 @@ def _bin_input(size: int, shape=None, datatype="FP32") -> dict:
                         "parameters": {"binary_data_size": size}}]}
 
 
+def _text_input(size: int) -> dict:
+    return {"inputs": [{"name": "text", "shape": [1, 2], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": size}}]}
+
+
 N = int(np.prod(CNN_SHAPE))
 CASES = [
     # (id, method, path, body, headers, status, message fragment)
@@ -84,6 +89,10 @@ CASES = [
      "past the end"),
     ("binary bytes left over", "POST", "/v2/models/tiny/infer", *_binary(_bin_input(N * 4), b"\0" * (N * 4 + 8)), 400,
      "binary bytes"),
+    ("bytes not utf-8", "POST", "/v2/models/strings/infer",
+     *_binary(_text_input(12), b"\x02\0\0\0\xff\xfe\x02\0\0\0ok"), 400, "UTF-8"),
+    ("bytes length past data", "POST", "/v2/models/strings/infer",
+     *_binary(_text_input(6), b"\x09\0\0\0ab"), 400, "runs past"),
     ("header length not int", "POST", "/v2/models/tiny/infer", b"{}", {"Inference-Header-Content-Length": "x"}, 400,
      "Inference-Header-Content-Length"),
     ("header length past body", "POST", "/v2/models/tiny/infer", b"{}",
