@@ -45,14 +45,12 @@ def serve(
     if not Path(settings.repo).is_dir():
         typer.echo(f"warning: model repository {settings.repo} does not exist (serving no models); "
                    "run `sepconv export --catalog` first", err=True)
-    from service.http_protocol import protocol_class  # noqa: PLC0415
-
     app = create_app(settings)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
-        http=protocol_class(settings.max_request_bytes),  # uvicorn's httptools protocol, bodies received in one piece
+        http="httptools",
         loop="uvloop",
         lifespan="on",
         access_log=False,  # our structured access log replaces uvicorn's

@@ -122,7 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
     app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,
-                       log_requests=settings.access_log, tracker=in_flight)
+                       log_requests=settings.access_log, tracker=in_flight,
+                       max_inflight_bytes=settings.max_inflight_bytes)
     return app
 
 

@@ -13,13 +13,16 @@ import logging
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ApiError, error_response
+from service.middleware import BodyTooLarge
+from service.repository import check_version
+from service.v2_api import handle_infer, router
 
 log = logging.getLogger("sepconv.errors")
 
-_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 class InferFastPath:
@@ -27,8 +30,6 @@ class InferFastPath:
         self.app = app
         self.fastapi_app = fastapi_app
         self._routes: dict[bool, Any] = {}
-        from service.v2_api import router  # noqa: PLC0415
-
         for route in router.routes:
             path = getattr(route, "path", "")
             if path == "/v2/models/{model_name}/infer":
@@ -40,29 +41,25 @@ class InferFastPath:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        m = _INFER.match(scope["path"])
+        m = _INFER.fullmatch(scope["path"])
         if m is None:
             await self.app(scope, receive, send)
             return
-        from service.v2_api import _infer  # noqa: PLC0415 - v2_api imports this package's app indirectly
-
         model_name, version = m.group(1), m.group(2)
         scope["app"] = self.fastapi_app
         scope["route"] = self._routes.get(version is not None)
         request = Request(scope, receive)
         try:
             if version is not None:
-                from service.repository import check_version  # noqa: PLC0415
-
                 check_version(version)
-            response = await _infer(request, model_name, version)
+            response = await handle_infer(request, model_name, version)
         except ApiError as exc:
             response = error_response(exc.status_code, exc.message, exc.headers)
+        except ClientDisconnect:
+            return  # the client went away before sending its whole body: nobody to answer
+        except BodyTooLarge:
+            raise  # ServiceMiddleware answers 413
         except Exception as exc:  # noqa: BLE001 - answer JSON, log the traceback
-            from service.middleware import BodyTooLarge  # noqa: PLC0415
-
-            if isinstance(exc, BodyTooLarge):
-                raise
             log.exception("unexpected error on POST %s", scope["path"])
             response = error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
         await response(scope, receive, send)

@@ -8,6 +8,7 @@ everything else in the file is kept and echoed back in ``GET .../config``.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,6 +206,10 @@ _INT_FIELDS = {"dims", "max_batch_size", "count", "num_versions", "versions", "m
                "preferred_batch_size", "gpus"}
 
 
+_INT_TEXT = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes '²'
+MAX_INSTANCES = 64  # concurrent session.run calls per model; each is a worker task and a thread's worth of memory
+
+
 def _json_fields(obj: dict[str, Any]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for key, value in obj.items():
@@ -213,7 +218,7 @@ def _json_fields(obj: dict[str, Any]) -> dict[str, list[Any]]:
         for item in items:
             if isinstance(item, dict):
                 conv.append(_json_fields(item))
-            elif key in _INT_FIELDS and isinstance(item, str) and item.lstrip("-").isdigit():
+            elif key in _INT_FIELDS and isinstance(item, str) and _INT_TEXT.fullmatch(item):
                 conv.append(int(item))
             else:
                 conv.append(item)
@@ -228,7 +233,12 @@ def config_from_json(obj: Any, model_name: str) -> ModelConfig:
     """A :class:`ModelConfig` from Triton's JSON form (the ``config`` parameter of a load request)."""
     if not isinstance(obj, dict):
         raise ConfigError("the model configuration must be a JSON object")
-    return config_from_fields(_json_fields(obj), model_name)
+    try:
+        return config_from_fields(_json_fields(obj), model_name)
+    except ConfigError:
+        raise
+    except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting or values: a client's mistake
+        raise ConfigError(f"not a model configuration ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def config_from_fields(fields: dict[str, list[Any]], model_name: str) -> ModelConfig:
@@ -251,8 +261,8 @@ def config_from_fields(fields: dict[str, list[Any]], model_name: str) -> ModelCo
         if kind not in ("KIND_AUTO", "KIND_CPU", "KIND_GPU"):
             raise ConfigError(f"instance_group kind {kind!r} is not supported (KIND_AUTO, KIND_CPU, KIND_GPU)")
         count = _int(_one(g, "count", 1), "instance_group count")
-        if count < 1:
-            raise ConfigError("instance_group count must be >= 1")
+        if not 1 <= count <= MAX_INSTANCES:
+            raise ConfigError(f"instance_group count must be between 1 and {MAX_INSTANCES}")
         gpus = [_int(x, "instance_group gpus") for x in g.get("gpus", [])]
         cfg.instance_groups.append(InstanceGroup(kind=kind, count=count, gpus=gpus, name=_one(g, "name", "")))
     if "dynamic_batching" in fields:

@@ -18,10 +18,12 @@ repository is ever opened: symlinks are resolved and checked, and so are ONNX ex
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from service.stats import ModelStats
 
 log = logging.getLogger("sepconv.repository")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+VERSION_RE = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit takes '²'), and fits an int64
 
 LOADING, READY, UNAVAILABLE, UNLOADING = "LOADING", "READY", "UNAVAILABLE", "UNLOADING"
 
@@ -51,7 +54,7 @@ class LoadError(Exception):
 
 
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and ".." not in name
+    return bool(NAME_RE.fullmatch(name)) and ".." not in name
 
 
 def check_name(name: str) -> str:
@@ -63,8 +66,8 @@ def check_name(name: str) -> str:
 def check_version(version: str | None) -> str | None:
     if version is None or version == "":
         return None
-    if not version.isdigit() or int(version) < 1:
-        raise ApiError(400, f"invalid model version {version!r}: a positive integer")
+    if not VERSION_RE.fullmatch(version) or int(version) < 1:
+        raise ApiError(400, f"invalid model version {version[:40]!r}: a positive integer")
     return str(int(version))
 
 
@@ -138,14 +141,35 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) -> None:
-    """Every external-data location must be a relative path that stays inside the repository."""
-    tensors = list(proto.graph.initializer)
-    for node in proto.graph.node:
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers (dense and sparse), tensor attributes, and the same inside
+    subgraphs (``If``/``Loop``/``Scan`` bodies), where external data could hide as well."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
         for attr in node.attribute:
             if attr.HasField("t"):
-                tensors.append(attr.t)
-    for tensor in tensors:
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) -> None:
+    """Every external-data location must be a relative path that stays inside the repository."""
+    functions = (t for f in proto.functions for t in _node_tensors(f.node))  # model-local functions too
+    for tensor in itertools.chain(_all_tensors(proto.graph), functions):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {e.key: e.value for e in tensor.external_data}
@@ -212,6 +236,9 @@ class ModelRepository:
     def load(self, name: str, config_override: ModelConfig | None = None) -> ModelEntry:
         """(Re)load every version the policy selects; raises ApiError when nothing could be loaded."""
         check_name(name)
+        if self.entry(name) is None and not (self.root / name).is_dir():
+            # nothing to record: a name that never was a model leaves no trace (the index stays bounded)
+            raise ApiError(404, f"failed to load {name!r}: no model directory {name!r} in the repository")
         with self._lock_for(name):
             entry = self._load_locked(name, config_override)
         if entry.state != READY:
@@ -233,12 +260,17 @@ class ModelRepository:
             config = config_override or self._read_config(model_dir, name)
             entry.config = config
             versions = [int(p.name) for p in model_dir.iterdir()
-                        if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and _inside(p, self.root)]
+                        if p.is_dir() and VERSION_RE.fullmatch(p.name) and int(p.name) > 0 and _inside(p, self.root)]
             chosen = config.select_versions(versions)
             if not chosen:
                 raise LoadError("no version directory (a positive integer) selected by the version policy")
-        except (LoadError, ConfigError, ApiError) as exc:
-            reason = exc.message if isinstance(exc, ApiError) else str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong on disk only makes this model unavailable
+            if isinstance(exc, ApiError):
+                reason = exc.message
+            elif isinstance(exc, LoadError | ConfigError):
+                reason = str(exc)
+            else:
+                reason = f"{type(exc).__name__}: {str(exc)[:500]}"
             entry.state, entry.reason, entry.versions = UNAVAILABLE, reason, {}
             return self._install_failed(name, old, entry)
 
@@ -332,7 +364,11 @@ class ModelRepository:
         metadata = {p.key: p.value for p in proto.metadata_props}
         del proto
         requested = self._providers_for(config)
-        session = make_session(path, self.settings, providers=requested)
+        gpus = [g for group in config.instance_groups for g in group.gpus]
+        settings = self.settings.model_copy(update={"cuda_device_id": gpus[0]}) if gpus else self.settings
+        if len(set(gpus)) > 1:
+            log.warning("model %s: instance_group lists GPUs %s; one session runs on GPU %d", name, gpus, gpus[0])
+        session = make_session(path, settings, providers=requested)
         completed = complete_config(config, session.get_inputs(), session.get_outputs(),
                                     self.settings.default_max_batch_size, self.settings.default_queue_delay_us)
         batched = completed.max_batch_size > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,9 @@ class Settings(BaseSettings):
     port: int = 8000
     admin_token: str | None = Field(None, description="bearer token required by repository load/unload")
     max_request_bytes: int = Field(64 * 1024 * 1024, description="largest request body accepted (413 above)")
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, description="request bodies handled at once, in bytes "
+                                                                   "(503 + Retry-After above; a lone request always "
+                                                                   "passes; 0 = no budget)")
     default_max_batch_size: int = Field(8, description="max_batch_size given to models whose config does not say "
                                                        "(auto-completed from a batch-dynamic ONNX model)")
     default_queue_delay_us: int = Field(0, description="dynamic batching queue delay for auto-completed configs")
@@ -49,6 +53,12 @@ class Settings(BaseSettings):
                                                     "default: a server shares its cores with the event loop")
     arena_extend_strategy: str = Field("kNextPowerOfTwo", description="CUDA arena: kNextPowerOfTwo | kSameAsRequested")
     cuda_device_id: int = 0
+    cuda_use_tf32: bool = Field(False, description="let cuDNN/cuBLAS use TF32 tensor cores for FP32 convolutions "
+                                                   "(faster on Ampere+, but not FP32-exact: /v1/conv would no "
+                                                   "longer match TensorFlow's FP32 numbers)")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "EXHAUSTIVE", description="cuDNN convolution algorithm choice: EXHAUSTIVE (benchmark all, once per shape) "
+                                  "| HEURISTIC | DEFAULT")
 
     # -- /v1/conv endpoints -----------------------------------------------------------------
     conv_max_elements: int = Field(16 * 1024 * 1024, description="largest input/filter/output tensor (elements)")

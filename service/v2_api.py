@@ -237,7 +237,8 @@ def _feed(model: LoadedModel, req: InferRequest) -> tuple[dict[str, np.ndarray],
     return feed, batch
 
 
-async def _infer(request: Request, model_name: str, version: str | None) -> Response:
+async def handle_infer(request: Request, model_name: str, version: str | None) -> Response:
+    """POST .../infer: decode, queue for the model's scheduler (which runs ``session.run``), encode."""
     start = time.perf_counter_ns()
     model = _repo(request).get(model_name, version)
     try:
@@ -303,13 +304,13 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
 
 @router.post("/v2/models/{model_name}/infer")
 async def infer(request: Request, model_name: str) -> Response:
-    return await _infer(request, model_name, None)
+    return await handle_infer(request, model_name, None)
 
 
 @router.post("/v2/models/{model_name}/versions/{version}/infer")
 async def infer_version(request: Request, model_name: str, version: str) -> Response:
     check_version(version)
-    return await _infer(request, model_name, version)
+    return await handle_infer(request, model_name, version)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -54,11 +54,20 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, message)
 
 
+MAX_RANK = 32  # numpy allows 64 dimensions; no model here needs more than a handful
+MAX_DIM = 2**31 - 1
+
+
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise _bad(f"input {name!r}: 'shape' must be a list of integers")
+    if len(value) > MAX_RANK:
+        raise _bad(f"input {name!r}: shape has {len(value)} dimensions (at most {MAX_RANK})")
     if any(d < 0 for d in value):
         raise _bad(f"input {name!r}: shape {value} has a negative dimension")
+    if any(d > MAX_DIM for d in value) or math.prod(d or 1 for d in value) > MAX_DIM:
+        # even an empty tensor (a 0 somewhere) cannot have more than this many elements in its other dims
+        raise _bad(f"input {name!r}: shape {value} is too large")
     return value
 
 

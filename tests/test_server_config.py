@@ -6,11 +6,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from pydantic import ValidationError
 
 from service import pbtxt
 from service.errors import ApiError
 from service.model_config import ConfigError, ModelConfig, complete_config, config_from_json, parse_config
-from service.runtime import ProviderError, make_session, resolve_providers
+from service.runtime import ProviderError, cuda_provider_options, make_session, resolve_providers
 from service.settings import Settings
 from tests.conftest import build_cnn, build_fixed
 
@@ -120,3 +121,15 @@ def test_resolve_providers_and_session_options(tmp_path: Path) -> None:
     assert make_session(path.read_bytes(), Settings(), optimization="disable").get_inputs()[0].name == "x"
     with pytest.raises(ApiError, match="optimisation level"):
         make_session(path, Settings(), optimization="turbo")
+
+
+def test_cuda_options_keep_fp32_exact() -> None:
+    """What a CUDA session is given (checked without a GPU): no TF32 unless asked, cuDNN algorithm search."""
+    options = cuda_provider_options(Settings())
+    assert options["use_tf32"] == "0"  # TF32 would round conv inputs to 10 mantissa bits: not TF's FP32 numbers
+    assert options["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert options["device_id"] == "0" and options["arena_extend_strategy"] == "kNextPowerOfTwo"
+    fast = cuda_provider_options(Settings(cuda_use_tf32=True, cudnn_conv_algo_search="HEURISTIC", cuda_device_id=1))
+    assert fast["use_tf32"] == "1" and fast["cudnn_conv_algo_search"] == "HEURISTIC" and fast["device_id"] == "1"
+    with pytest.raises(ValidationError):
+        Settings(cudnn_conv_algo_search="FASTEST")

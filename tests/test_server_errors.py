@@ -4,6 +4,7 @@ keeps answering correctly afterwards."""
 from __future__ import annotations
 
 import socket
+import time
 
 import httpx
 import numpy as np
@@ -111,6 +112,23 @@ CASES = [
      "Content-Encoding"),
     ("bad gzip", "POST", "/v2/models/tiny/infer", b"not gzip", {"Content-Encoding": "gzip"}, 400, "decompress"),
     ("body over limit", "POST", "/v2/models/tiny/infer", b"x" * (4 * 1024 * 1024 + 1), {}, 413, "limit"),
+    # shapes numpy cannot even describe: an empty tensor with enormous other dims, too many dims
+    ("empty tensor, huge dims", "POST", "/v2/models/tiny/infer", _json_infer([0, 2**40, 2**40, 3], []), {}, 400,
+     "too large"),
+    ("binary empty tensor, huge dims", "POST", "/v2/models/tiny/infer",
+     *_binary(_bin_input(0, shape=[0, 2**40, 2**40, 3]), b""), 400, "too large"),
+    ("bytes empty tensor, huge dims", "POST", "/v2/models/strings/infer",
+     _json_infer([0, 2**62], [], "BYTES", name="text"), {}, 400, "too large"),
+    ("65 dimensions", "POST", "/v2/models/tiny/infer", _json_infer([1] * 65, [0.0]), {}, 400, "dimensions"),
+    ("version of 5000 digits", "GET", "/v2/models/tiny/versions/" + "9" * 5000, None, {}, 400, "version"),
+    ("version not ascii digits", "GET", "/v2/models/tiny/versions/%C2%B2", None, {}, 400, "version"),
+    ("infer version not ascii", "POST", "/v2/models/tiny/versions/%C2%B2/infer", b"{}", {}, 400, "version"),
+    ("config: absurd instance count", "POST", "/v2/repository/models/tiny/load",
+     orjson.dumps({"parameters": {"config": '{"instance_group": [{"count": 1000000}]}'}}), {}, 400, "count"),
+    ("config: digits that are not ASCII", "POST", "/v2/repository/models/tiny/load",
+     orjson.dumps({"parameters": {"config": '{"max_batch_size": "\u00b2"}'}}), {}, 400, "config"),
+    ("config: nested 1000 deep", "POST", "/v2/repository/models/tiny/load",
+     orjson.dumps({"parameters": {"config": '{"parameters": ' * 1000 + "{}" + "}" * 1000}}), {}, 400, "config"),
 ]
 
 
@@ -150,6 +168,64 @@ def test_chunked_body_over_limit(server) -> None:
 
     r = httpx.post(server.url + "/v2/models/tiny/infer", content=chunks(), timeout=30)
     assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_client_that_disconnects_mid_body(server) -> None:
+    """A client that goes away before sending its whole body is not a server error (no 500 in the metrics)."""
+    host, port = server.hostport.split(":")
+    for path in ("/v2/models/tiny/infer", "/v2/repository/index"):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):  # whatever the server answers (nothing, or 400), until it closes
+                pass
+    deadline = time.monotonic() + 30  # the access record is written as the request's task ends
+    while 'route="/v2/models/{model_name}/infer",status="499"' not in (metrics := httpx.get(
+            server.url + "/metrics").text) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 'route="/v2/models/{model_name}/infer",status="499"' in metrics
+    assert 'route="/v2/models/{model_name}/infer",status="500"' not in metrics
+    assert 'route="/v2/repository/index",status="500"' not in metrics
+    client = httpclient.InferenceServerClient(server.hostport)
+    inp = httpclient.InferInput("input", list(GOOD_X.shape), "FP32")
+    inp.set_data_from_numpy(GOOD_X)
+    assert client.infer("tiny", [inp]).as_numpy("logits").shape == (1, 5)
+
+
+def test_memory_budget_for_bodies_in_flight(model_repo) -> None:
+    """Bodies being handled at once are capped: past the budget, 503 + Retry-After; a lone request passes."""
+    body = _json_infer([1, *CNN_SHAPE], GOOD_X.reshape(-1).tolist())
+    app = create_app(Settings(repo=model_repo, providers="cpu", access_log=False,
+                              max_inflight_bytes=len(body) + 10, max_request_bytes=4 * len(body)))
+    with running_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        big = httpx.post(url + "/v2/models/tiny/infer", content=body + b" " * (2 * len(body)))
+        assert big.status_code == 200, big.text  # over the budget, but alone: it passes
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            # one request whose body is still on its way holds its share of the budget...
+            slow.sendall(f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+                         .encode() + body[:10])
+            deadline = time.monotonic() + 30
+            while True:  # (until the server has taken it in)
+                r = httpx.post(url + "/v2/models/tiny/infer", content=body)
+                if r.status_code == 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            assert r.status_code == 503 and "busy" in r.json()["error"]  # ...so a second one must wait
+            assert r.headers["retry-after"] == "1"
+            assert httpx.get(url + "/v2/health/ready").status_code == 200  # bodiless requests are not held up
+            slow.sendall(body[10:])
+            assert slow.recv(4096).startswith(b"HTTP/1.1 200")
+        r = httpx.post(url + "/v2/models/tiny/infer", content=body)
+        assert r.status_code == 200, r.text
+
+
+def test_loading_a_model_that_does_not_exist_leaves_no_trace(server) -> None:
+    for i in range(3):
+        r = httpx.post(server.url + f"/v2/repository/models/never_there_{i}/load")
+        assert r.status_code == 404 and "no model directory" in r.json()["error"]
+    names = {row["name"] for row in httpx.post(server.url + "/v2/repository/index").json()}
+    assert "tiny" in names and not any(n.startswith("never_there") for n in names)
 
 
 def test_failures_are_counted_in_stats(server) -> None:

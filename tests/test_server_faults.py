@@ -18,6 +18,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from export.graph import supported_ir_version
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import CNN_SHAPE, build_cnn
@@ -54,6 +55,7 @@ def test_broken_models_beside_good_ones(fresh_repo: Path) -> None:
     (fresh_repo / "wrongdims" / "config.pbtxt").write_text(
         'max_batch_size: 4 input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 8, 8 ] } ]')
     build_cnn(fresh_repo / "noversion" / "model.onnx")  # not in a version directory
+    (fresh_repo / "tiny" / "\u00b2").mkdir()  # str.isdigit() says yes, int() says no: not a version
     with _serve(fresh_repo) as url:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         assert client.is_server_ready()
@@ -171,6 +173,28 @@ def _external_model(version_dir: Path, location: str) -> None:
     onnx.save(model, str(version_dir / "model.onnx"))
 
 
+def _subgraph_external_model(path: Path, location: str) -> None:
+    """An ``If`` whose branch holds an initializer with external data at ``location``."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2], [0.0, 0.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "8")):
+        weight.external_data.add(key=key, value=value)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    then_branch = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "then", [], [out], [weight])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "else", [], [out])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)], "sub",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [out])
+    path.parent.mkdir(parents=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = supported_ir_version()
+    onnx.save(model, str(path))
+
+
 def test_nothing_outside_the_repository_is_opened(fresh_repo: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     build_cnn(outside / "escaped" / "1" / "model.onnx")
@@ -181,6 +205,7 @@ def test_nothing_outside_the_repository_is_opened(fresh_repo: Path, tmp_path: Pa
     _external_model(fresh_repo / "ext_escape" / "1", "../../../outside/escaped/weights.bin")
     shutil.copy(fresh_repo / "ext_ok" / "1" / "weights.bin", outside / "escaped" / "weights.bin")
     _external_model(fresh_repo / "ext_absolute" / "1", str(outside / "escaped" / "weights.bin"))
+    _subgraph_external_model(fresh_repo / "ext_subgraph" / "1" / "model.onnx", "../../../outside/escaped/weights.bin")
     with _serve(fresh_repo) as url:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         index = _index(client)
@@ -190,6 +215,7 @@ def test_nothing_outside_the_repository_is_opened(fresh_repo: Path, tmp_path: Pa
         assert _infer_ok(client, "ext_ok").shape == (1, 5)
         assert "outside the repository" in index[("ext_escape", "1")]["reason"]
         assert "relative" in index[("ext_absolute", "1")]["reason"]
+        assert "outside the repository" in index[("ext_subgraph", "1")]["reason"]  # found inside the If branch
         with pytest.raises(InferenceServerException, match="failed to load"):
             client.load_model("linked_dir")
 
@@ -213,6 +239,8 @@ def test_reload_new_version_and_config_override(fresh_repo: Path) -> None:
         with pytest.raises(InferenceServerException, match="uploaded files"):
             client.load_model("tiny", config="{}", files={"file:1/model.onnx": b"x"})
         assert client.is_model_ready("tiny", "2")  # a refused reload keeps the model serving
+        client.unload_model("tiny", unload_dependents=True)  # Triton's flag; nothing here depends on another model
+        assert not client.is_model_ready("tiny") and client.is_model_ready("tiny_cfg")
 
 
 def test_failed_reload_keeps_the_old_version_serving(fresh_repo: Path) -> None:

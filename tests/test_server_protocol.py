@@ -87,6 +87,25 @@ def test_infer_matches_in_process_run(triton, server, binary_in: bool, binary_ou
     assert response["model_name"] == "tiny" and response["model_version"] == "1"
 
 
+def test_async_infer(server) -> None:
+    """The sync client's ``async_infer`` (greenlets over a connection pool): several requests in flight."""
+    client = httpclient.InferenceServerClient(server.hostport, concurrency=4)
+    try:
+        xs = [cnn_input(1 + i % 2, seed=100 + i) for i in range(6)]
+        pending = []
+        for i, x in enumerate(xs):
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=i % 2 == 0)
+            pending.append(client.async_infer("tiny", [inp], request_id=str(i)))
+        for i, (x, req) in enumerate(zip(xs, pending, strict=True)):
+            result = req.get_result()
+            assert result.get_response()["id"] == str(i)
+            expected = reference(server, "tiny", "1", {"input": x})["logits"]
+            np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-6, atol=1e-6)
+    finally:
+        client.close()
+
+
 def test_batch_of_four_and_versions(triton, server) -> None:
     x = cnn_input(4, seed=7)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
