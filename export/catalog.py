@@ -25,6 +25,7 @@ from export.repository import (
     export_key,
     is_up_to_date,
     model_path,
+    read_metadata,
     write_model,
 )
 
@@ -93,6 +94,18 @@ class ExportResult:
     macs: int | None = None
     params: int | None = None
     import_report: str | None = None  # with --weights: layers matched, params loaded, unused tensors
+    note: str | None = None  # why an existing model was kept
+
+
+def imported_weights_file(repo: Path, name: str, version: int) -> str | None:
+    """The weights file an existing model was exported from (None for random weights or no model)."""
+    path = model_path(repo, name, version)
+    if not path.is_file():
+        return None
+    try:
+        return read_metadata(path).get("weights_file")
+    except Exception:  # noqa: BLE001 - an unreadable file holds nothing worth keeping
+        return None
 
 
 def load_weight_source(path: Path, request: ExportRequest) -> ImportedWeights:
@@ -137,6 +150,11 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
         text = config_pbtxt(name, existing, request.max_batch_size, batching)
         if (Path(repo) / name / "config.pbtxt").read_text() == text:
             return ExportResult(name, model_path(repo, name, request.version), skipped=True)
+    kept = None if force or request.weights is not None else imported_weights_file(repo, name, request.version)
+    if kept:
+        # never replace a user's imported weights with random ones behind their back (`make serve` runs the catalog)
+        return ExportResult(name, model_path(repo, name, request.version), skipped=True,
+                            note=f"kept: holds weights imported from {kept}; --force replaces them with random ones")
     net = build_network(request.arch, weights=source, **request.network_kwargs())
     extra = {EXPORT_KEY: key}
     report = None

@@ -7,6 +7,7 @@ accounting) resolves its padding here, so `SAME` means exactly what `tf.nn.conv2
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,18 +15,28 @@ from export.errors import ExportError
 
 PaddingSpec = str | Sequence[Sequence[int]] | Sequence[int]
 
+# Larger strides, dilations or pads than this are nonsense for an image and overflow ONNX's int64 attributes.
+MAX_SPATIAL = 2**31 - 1
+
+
+def _int(value: object, what: str, spec: object) -> int:
+    """``value`` as an int: Python/numpy integers only (not bools, floats or strings), at most MAX_SPATIAL."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ExportError(f"{what} must be an int or a list of ints, got {spec!r}")
+    if abs(int(value)) > MAX_SPATIAL:
+        raise ExportError(f"{what} {spec!r} is out of range (at most {MAX_SPATIAL})")
+    return int(value)
+
 
 def spatial_pair(value: int | Sequence[int], what: str, data_format: str = "NHWC") -> tuple[int, int]:
     """Read strides/dilations as TF accepts them: an int, ``[h, w]`` or the 4-element form."""
-    if isinstance(value, bool):
+    if not isinstance(value, (Sequence, numbers.Integral)) or isinstance(value, (str, bytes)):
         raise ExportError(f"{what} must be an int or a list of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
+    if isinstance(value, numbers.Integral):
+        v = _int(value, what, value)
+        pair = (v, v)
     else:
-        try:
-            items = [int(v) for v in value]
-        except (TypeError, ValueError):
-            raise ExportError(f"{what} must be an int or a list of ints, got {value!r}") from None
+        items = [_int(v, what, value) for v in value]
         if len(items) == 1:
             pair = (items[0], items[0])
         elif len(items) == 2:
@@ -100,10 +111,11 @@ def resolve_padding(
             return Pads(*symmetric_pad_1d(kernel_hw[0], dilations[0]),
                         *symmetric_pad_1d(kernel_hw[1], dilations[1]))
         raise ExportError(f"padding must be 'SAME', 'VALID', 'SYMMETRIC' or explicit pads, got {padding!r}")
-    try:
-        rows = [list(map(int, p)) if isinstance(p, (list, tuple)) else int(p) for p in padding]
-    except (TypeError, ValueError):
-        raise ExportError(f"explicit padding must be a list of int pairs, got {padding!r}") from None
+    if not isinstance(padding, Sequence):
+        raise ExportError(f"padding must be 'SAME', 'VALID', 'SYMMETRIC' or explicit pads, got {padding!r}")
+    what = "explicit padding"
+    rows = [[_int(v, what, padding) for v in p] if isinstance(p, (list, tuple)) else _int(p, what, padding)
+            for p in padding]
     if len(rows) == 4 and all(isinstance(r, list) for r in rows):
         if any(len(r) != 2 for r in rows):
             raise ExportError(f"explicit padding needs 4 pairs [before, after], got {padding!r}")

@@ -147,7 +147,7 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
             progress.advance(task)
         progress.update(task, description="exported")
     for r in results:
-        note = "up to date" if r.skipped else f"{r.params:,} params, {r.macs / 1e6:,.1f} M MACs"
+        note = r.note or ("up to date" if r.skipped else f"{r.params:,} params, {r.macs / 1e6:,.1f} M MACs")
         console.print(f"{r.name}: {note}" + (f"; imported {r.import_report}" if r.import_report else ""))
         typer.echo(str(r.path))
 

@@ -69,6 +69,8 @@ def layers_table(result: dict[str, Any], top: int | None = None) -> Table:
                          ("params", "right"), ("MACs", "right"), ("p50 µs", "right"), ("p90 µs", "right"),
                          ("%", "right"), ("GMAC/s", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    if any(r.get("fused_into") for r in rows):
+        table.caption = "A → B: ONNX Runtime fused layer A into B; A's time is counted in B's row"
     for r in rows:
         name = r["name"] + (f" → {r['fused_into']}" if r.get("fused_into") else "")
         g = r.get("gmacs_per_s")
@@ -89,17 +91,25 @@ def kinds_table(result: dict[str, Any]) -> Table:
 
 
 def write_csv(result: dict[str, Any], path: Path) -> None:
+    """The layer rows as CSV in ``path`` (``-``: standard output)."""
+    if str(path) == "-":
+        _write_rows(result, sys.stdout)
+        return
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for r in sorted(result["layers"], key=lambda r: r["time_us"]["p50"], reverse=True):
-            writer.writerow({
-                "name": r["name"], "kind": r["kind"], "op_type": r.get("op_type", ""),
-                "output_shape": "x".join(str(d) for d in r.get("output_shape", [])), "params": r["params"],
-                "macs": r["macs"], "time_us_p50": r["time_us"]["p50"], "time_us_p90": r["time_us"]["p90"],
-                "percent": r["percent"], "gmacs_per_s": "" if r.get("gmacs_per_s") is None else r["gmacs_per_s"],
-                "fused_into": r.get("fused_into", ""),
-            })
+        _write_rows(result, f)
+
+
+def _write_rows(result: dict[str, Any], f: Any) -> None:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in sorted(result["layers"], key=lambda r: r["time_us"]["p50"], reverse=True):
+        writer.writerow({
+            "name": r["name"], "kind": r["kind"], "op_type": r.get("op_type", ""),
+            "output_shape": "x".join(str(d) for d in r.get("output_shape", [])), "params": r["params"],
+            "macs": r["macs"], "time_us_p50": r["time_us"]["p50"], "time_us_p90": r["time_us"]["p90"],
+            "percent": r["percent"], "gmacs_per_s": "" if r.get("gmacs_per_s") is None else r["gmacs_per_s"],
+            "fused_into": r.get("fused_into", ""),
+        })
 
 
 def register(app: typer.Typer) -> None:
@@ -117,7 +127,7 @@ def register(app: typer.Typer) -> None:
         method: Annotated[str, typer.Option("--method", help="auto | trace | isolated")] = "auto",
         threads: Annotated[int | None, typer.Option("--threads", help="intra-op threads (default: server's)")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the server's JSON, not a table")] = False,
-        csv_file: Annotated[Path | None, typer.Option("--csv", help="write the layer rows to this CSV")] = None,
+        csv_file: Annotated[Path | None, typer.Option("--csv", help="write the rows to this CSV (- = stdout)")] = None,
         top: Annotated[int | None, typer.Option("--top", help="show only the N slowest layers")] = None,
         timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the server")] = 900.0,
     ) -> None:
@@ -146,6 +156,8 @@ def register(app: typer.Typer) -> None:
             except OSError as exc:
                 err.print(f"[red]error:[/red] cannot write {csv_file}: {exc.strerror or exc}")
                 raise typer.Exit(1) from None
+            if str(csv_file) == "-":
+                return  # the CSV is the output
             err.print(f"wrote {len(result['layers'])} rows to {csv_file}")
         out = Console() if sys.stdout.isatty() else Console(width=150)  # pipes and files get the full table
         out.print(layers_table(result, top))

@@ -2,11 +2,13 @@
 
 The flow of a request, cheapest checks first, nothing allocated before the limits pass:
 
-1. body size (``Content-Length``, then while reading) against ``max_request_bytes`` -> 413;
+1. body size (``Content-Length``, then while reading) against ``max_request_bytes``, and the count of JSON
+   numbers/lists (commas and brackets, before parsing) against ``conv_max_list_elements`` -> 413;
 2. JSON, fields and shapes (:mod:`service.conv_request`; TF-style messages) -> 400/404/422;
 3. tensor sizes from the *declared* shapes against ``conv_max_elements`` -> 413;
 4. the graph for the request's signature (cached) and its accounting: largest activation and
-   multiply-adds (times the batch) against ``conv_max_elements`` / ``conv_max_macs`` -> 413;
+   multiply-adds (times the batch) against ``conv_max_elements`` / ``conv_max_macs``, and a nested-list
+   output against ``conv_max_list_elements`` -> 413;
 5. decode the tensors, run the cached ONNX Runtime session, encode the output like the input.
 
 ``GET /v1/conv/cache`` reports the session cache (size, capacity, hits, misses, builds, evictions).
@@ -71,6 +73,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _check_list_volume(body: bytes, settings: Settings) -> None:
+    """Refuse huge nested-list bodies before parsing them: each JSON number and list becomes a Python object
+    (~30-70 bytes), so 50 MB of ``[[0]],`` would cost gigabytes. Commas and brackets bound both counts
+    (base64 strings hold neither)."""
+    limit = settings.conv_max_list_elements
+    values, lists = body.count(b","), body.count(b"[")
+    if values > limit or lists > limit:
+        raise ApiError(413, f"this body holds about {max(values, lists)} JSON numbers or lists; nested-list tensors "
+                            f"are limited to {limit} (SEPCONV_CONV_MAX_LIST_ELEMENTS): send large tensors as "
+                            '{"shape": [...], "datatype": "FP32", "b64": "..."}')
+
+
 def _loads(body: bytes) -> Any:
     if not body.strip():
         raise ApiError(400, "empty body: send a JSON object with input and filter(s)")
@@ -91,11 +105,16 @@ def _check_tensor_sizes(call: ConvCall, settings: Settings) -> None:
                                 f"accepts at most {settings.conv_max_elements} per tensor (SEPCONV_CONV_MAX_ELEMENTS)")
 
 
-def _check_work(graph: ConvGraph, batch: int, settings: Settings) -> None:
+def _check_work(graph: ConvGraph, batch: int, settings: Settings, as_list: bool) -> None:
     biggest = graph.max_activation_elements * batch
     if biggest > settings.conv_max_elements:
         raise ApiError(413, f"the {graph.key.op} output would have {biggest} elements (batch {batch}); this server "
                             f"accepts at most {settings.conv_max_elements} per tensor (SEPCONV_CONV_MAX_ELEMENTS)")
+    if as_list and graph.out_elements * batch > settings.conv_max_list_elements:
+        raise ApiError(413, f"the {graph.key.op} output has {graph.out_elements * batch} elements, more than the "
+                            f"{settings.conv_max_list_elements} a nested-list response may hold "
+                            "(SEPCONV_CONV_MAX_LIST_ELEMENTS): send the input as {\"shape\", \"datatype\": "
+                            "\"FP32\", \"b64\"} to get the output in base64")
     macs = graph.macs * batch
     if macs > settings.conv_max_macs:
         raise ApiError(413, f"this {graph.key.op} costs {macs} multiply-adds (batch {batch}); this server accepts "
@@ -122,11 +141,12 @@ def _graph_for(key: ConvKey, cache: ConvCache) -> ConvGraph:
 
 def handle(op: str, body: bytes, settings: Settings, cache: ConvCache) -> bytes:
     """Everything after the body is read (runs in a worker thread); returns the JSON response bytes."""
+    _check_list_volume(body, settings)
     call = parse(op, _loads(body))
     _check_tensor_sizes(call, settings)
     key = dataclasses.replace(call.key, providers=tuple(resolve_providers(call.provider, settings)))
     graph = _graph_for(key, cache)
-    _check_work(graph, call.batch, settings)
+    _check_work(graph, call.batch, settings, call.output_encoding == conv_codec.LIST)
 
     feeds = {name: conv_codec.decode(ref) for name, ref in call.tensors.items()}
     compiled, was_cached = cache.get_or_build(key, lambda: _compile(graph, call.provider, settings))

@@ -24,7 +24,7 @@ from export.padding import conv_output_hw, resolve_padding, spatial_pair
 from service.errors import ApiError
 from service.profile_timing import BoundRun, random_feeds
 from service.profile_trace import summarize
-from service.profiler import _session, check_provider, check_runs, with_threads
+from service.profiler import _session, check_compute, check_provider, check_runs, with_threads
 from service.settings import Settings
 
 VARIANTS = ("standard", "depthwise", "pointwise", "separable")
@@ -125,6 +125,7 @@ def check_conv_request(req: ConvProfileRequest, settings: Settings) -> tuple[lis
     if work > settings.conv_max_macs:
         raise ApiError(413, f"the standard convolution costs {work} multiply-adds per run; "
                             f"this server allows {settings.conv_max_macs}")
+    check_compute(work // n, n, req.runs, req.warmup, settings)  # the standard conv dominates the four variants
     out_elements = n * ho * wo * max(req.filters, c * req.depth_multiplier)
     if out_elements > settings.conv_max_elements:
         raise ApiError(413, f"an output has {out_elements} elements; this server allows {settings.conv_max_elements}")

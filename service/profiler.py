@@ -174,8 +174,22 @@ def check_provider(provider: str, threads: int | None) -> str:
     return key
 
 
-def check_request(req: ProfileRequest, settings: Settings, model_max_batch: int | None) -> str:
-    """Validate bounds (400 with a message); returns the method to use."""
+def check_compute(macs_per_image: int | None, batch: int, runs: int, warmup: int, settings: Settings) -> None:
+    """Refuse (413) a profile whose runs would cost more than ``profile_max_gmacs``: the route is open to
+    any client, and 500 runs of batch 64 of a 224-px MobileNet would hold the server's cores for minutes.
+    Counted: warm-up and timed runs, twice (traced runs, then the untraced end-to-end runs)."""
+    if not macs_per_image:
+        return
+    gmacs = macs_per_image * batch * (runs + warmup) * 2 / 1e9
+    if gmacs > settings.profile_max_gmacs:
+        raise ApiError(413, f"this profile would cost {gmacs:,.0f} G multiply-adds ({macs_per_image / 1e6:,.1f} M "
+                            f"per image x batch {batch} x {runs + warmup} runs x 2 passes); this server allows "
+                            f"{settings.profile_max_gmacs:,.0f} G: ask for fewer runs or a smaller batch")
+
+
+def check_request(req: ProfileRequest, settings: Settings, model_max_batch: int | None,
+                  macs_per_image: int | None = None) -> str:
+    """Validate bounds (400 with a message, 413 over the compute budget); returns the method to use."""
     check_runs(req.runs, req.warmup, settings)
     limit = settings.profile_max_batch
     why = "the server's profile_max_batch"
@@ -183,6 +197,7 @@ def check_request(req: ProfileRequest, settings: Settings, model_max_batch: int 
         limit, why = model_max_batch, "the model's max_batch_size"
     if req.batch_size < 1 or req.batch_size > limit:
         raise ApiError(400, f"batch_size must be between 1 and {limit} ({why}), got {req.batch_size}")
+    check_compute(macs_per_image, req.batch_size, req.runs, req.warmup, settings)
     provider = check_provider(req.provider, req.threads)
     method = req.method.strip().lower()
     if method not in METHODS:

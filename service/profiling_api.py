@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import onnx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ValidationError
 
 from service.errors import ApiError
 from service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
@@ -24,6 +27,41 @@ from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["profiling"])
 _init_lock = threading.Lock()
+
+# A profile request is a handful of fields. Bodies are read here, capped, rather than by FastAPI: its JSON
+# parse of a 50 MB ``{"x": [[[0]], [[0]], ...]}`` before validation left the server at 2 GB of RSS.
+MAX_BODY_BYTES = 64 * 1024
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _json_body(model: type[_M], *, optional: bool) -> Callable[[Request], Awaitable[_M]]:
+    async def read(request: Request) -> _M:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is {int(declared)} bytes; a profile request may have at most "
+                                f"{MAX_BODY_BYTES}")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes, the most a profile request "
+                                    "may have")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if optional and not body.strip():
+            return model()
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+
+    return read
+
+
+def _body_doc(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
+    return {"requestBody": {"required": required,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def _settings(request: Request) -> Settings:
@@ -63,13 +101,23 @@ def model_summary(model_name: str, request: Request) -> dict[str, Any]:
     return public_summary(graph_summary(onnx.load(str(loaded.path), load_external_data=False)))
 
 
-@router.post("/v1/models/{model_name}/profile", summary="Per-layer profile of a loaded model")
-def profile(model_name: str, request: Request, body: ProfileRequest | None = None) -> dict[str, Any]:
-    req = body or ProfileRequest()
+def _model_macs(metadata: dict[str, str]) -> int | None:
+    """Multiply-adds per image from the exporter's metadata (None for a model from elsewhere)."""
+    try:
+        return int(metadata["macs"])
+    except (KeyError, ValueError):
+        return None
+
+
+@router.post("/v1/models/{model_name}/profile", summary="Per-layer profile of a loaded model",
+             openapi_extra=_body_doc(ProfileRequest, required=False))
+def profile(model_name: str, request: Request,
+            req: Annotated[ProfileRequest, Depends(_json_body(ProfileRequest, optional=True))]) -> dict[str, Any]:
     loaded = _model(request, model_name)
     gate, store = _state(request)
     settings = _settings(request)
-    check_request(req, settings, loaded.max_batch_size)  # a bad request is a 4xx even while the server is busy
+    # a bad request is a 4xx even while the server is busy
+    check_request(req, settings, loaded.max_batch_size, _model_macs(loaded.metadata))
     with gate.hold(f"profile of {model_name}"):
         result = profile_model(loaded.path, model_name, req, settings, store, model_max_batch=loaded.max_batch_size)
     trace_id = result.pop("trace_id")
@@ -77,8 +125,10 @@ def profile(model_name: str, request: Request, body: ProfileRequest | None = Non
     return result
 
 
-@router.post("/v1/profile/conv", summary="Standard vs depthwise vs pointwise vs separable, measured")
-def conv_profile(req: ConvProfileRequest, request: Request) -> dict[str, Any]:
+@router.post("/v1/profile/conv", summary="Standard vs depthwise vs pointwise vs separable, measured",
+             openapi_extra=_body_doc(ConvProfileRequest, required=True))
+def conv_profile(req: Annotated[ConvProfileRequest, Depends(_json_body(ConvProfileRequest, optional=False))],
+                 request: Request) -> dict[str, Any]:
     gate, _ = _state(request)
     settings = _settings(request)
     check_conv_request(req, settings)

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # -- /v1/conv endpoints -----------------------------------------------------------------
     conv_max_elements: int = Field(16 * 1024 * 1024, description="largest input/filter/output tensor (elements)")
     conv_max_macs: int = Field(20_000_000_000, description="largest multiply-add count one request may cost")
+    conv_max_list_elements: int = Field(
+        1024 * 1024, description="most numbers a request may send, or get back, as nested JSON lists (a Python "
+                                 "object each: far costlier than base64); larger tensors must use {shape, b64}")
     conv_cache_size: int = Field(64, description="compiled single-op graphs kept (LRU)")
 
     # -- profiling --------------------------------------------------------------------------
@@ -71,6 +74,8 @@ class Settings(BaseSettings):
     trace_dir: Path = Field(Path("traces"), description="where profile traces are kept for trace_url")
     profile_keep_traces: int = Field(20, description="newest traces kept in trace_dir (older ones deleted)")
     profile_max_warmup: int = Field(100, description="largest warm-up run count one profile may ask for")
+    profile_max_gmacs: float = Field(2000.0, description="largest compute one profile may cost, in billions of "
+                                                         "multiply-adds (per image x batch x all runs); 413 above")
 
 
 @lru_cache(maxsize=1)

@@ -108,3 +108,23 @@ def test_no_top_with_a_classifier_in_the_file_needs_allow_unused(files: Path, tm
     path = Path(accepted.stdout.strip().splitlines()[-1])
     report = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["import_report"])
     assert report["unused"], "the classifier tensors are reported as unused"
+
+
+def test_catalog_export_keeps_a_model_with_imported_weights(files: Path, tmp_path: Path) -> None:
+    """`make serve` runs `export --catalog`: it must not swap a user's imported weights for random ones."""
+    spec = FIXTURES["fixtures"][V2_KERAS3]
+    repo = tmp_path / "repo"
+    imported = sepconv("export", spec["arch"], "--weights", files / V2_KERAS3, "--resolution", spec["resolution"],
+                       "--repo", repo)
+    assert imported.returncode == 0, imported.stderr
+    path = Path(imported.stdout.strip().splitlines()[-1])
+    before = path.read_bytes()
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(f'[defaults]\nrepo = "{repo}"\n\n[[model]]\narch = "{spec["arch"]}"\n'
+                       f'alpha = {spec["alpha"]}\nresolution = {spec["resolution"]}\n')
+    kept = sepconv("export", "--catalog", catalog)
+    assert kept.returncode == 0, kept.stderr
+    assert "weights imported from" in kept.stderr and path.read_bytes() == before
+    forced = sepconv("export", "--catalog", catalog, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert path.read_bytes() != before and "weights_file" not in {p.key for p in onnx.load(str(path)).metadata_props}

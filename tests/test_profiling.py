@@ -46,7 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, built: dict):
     foreign.CopyFrom(built[SMALL].model)
     del foreign.metadata_props[:]
     write_model(foreign, repo, FOREIGN, max_batch=4)
-    settings = Settings(repo=repo, trace_dir=root / "traces", profile_max_runs=100, profile_keep_traces=4)
+    settings = Settings(repo=repo, trace_dir=root / "traces", profile_max_runs=100, profile_keep_traces=4,
+                        profile_max_gmacs=200)
     with running_server(create_app(settings)) as url:
         yield url
 
@@ -228,6 +229,7 @@ def test_old_traces_are_dropped(server: str) -> None:
     (SMALL, {"batch": 2}, 422, "batch"),
     (SMALL, {"runs": True}, 422, "runs"),  # strict: a boolean is not a run count
     (SMALL, {"fused": "yes"}, 422, "fused"),
+    (FULL, {"batch_size": 8, "runs": 100}, 413, "G multiply-adds"),  # over the compute budget
 ])
 def test_bad_profile_requests(server: str, model: str, body: dict, status: int, needle: str) -> None:
     r = _profile(server, model, **body)
@@ -298,6 +300,7 @@ def test_conv_profile_strides_and_multiplier(server: str) -> None:
     ({"input_shape": [1, 8, 8, 4], "filters": 4, "padding": [[1, 1], [1, 1], [1, 1], [1, 1]]}, 400),
     ({"input_shape": [1, 4096, 4096, 64], "filters": 64}, 413),
     ({"input_shape": [1, 512, 512, 64], "filters": 4096, "kernel_size": 7}, 413),
+    ({"input_shape": [1, 112, 112, 64], "filters": 256, "runs": 100}, 413),  # over the compute budget
     ({"filters": 4}, 422),
     ({"input_shape": [1, 8, 8, True], "filters": 4}, 422),
     ({"input_shape": [1, 8, 8, 4], "filters": 4, "runs": 2.5}, 422),
