@@ -1,16 +1,22 @@
 """Server overhead and throughput against in-process ONNX Runtime, in one run (issue 4's goals).
 
     .venv/bin/python bench/serve.py [--model mobilenet_v2_1.0_224] [--rounds 4] [--requests 15] [--seconds 4]
+                                    [--versus OTHER_CHECKOUT]
 
 * exports the catalog's ``mobilenet_v2_1.0_224`` (catalog config: max_batch_size 16, dynamic batching) into a
   temporary repository (or copies ``models/NAME`` when it is there), starts ``sepconv serve`` on it in a
   subprocess (uvicorn + httptools + uvloop, the real server), and opens an in-process session with the same
-  settings (``service.runtime.make_session``);
+  settings (``service.runtime.make_session`` with ``Settings()`` from the same ``SEPCONV_*`` environment: the
+  same threads, optimisation level, spinning and providers; the bench prints them). Both call ``session.run``
+  from their main thread (the server runs a lone request on its event-loop thread, see service/batcher.py);
 * latency at batch 1, one sample of each kind in turn so background load hits all of them alike: in-process
   ``session.run``; the server over loopback with a binary request and with a JSON request (bodies prepared
   before timing, one kept-alive connection); the in-process time to decode that JSON body with orjson + numpy;
 * throughput: in-process sequential ``session.run`` at batch 1 vs the server at concurrency 1, 4 and 16
   (binary requests, one connection per client thread), in short slices taken in turn, medians per kind;
+* ``--versus DIR`` (another checkout, e.g. ``git worktree add /tmp/old HEAD~1``) also starts that checkout's
+  server on the same repository and interleaves its binary and JSON latency samples with this one's: an A/B
+  of two code versions in one run, which a noisy machine cannot give from separate runs;
 * prints the figures and the ratios against the goals:
   binary p50 <= 1.10 x in-process p50; (JSON p50 - in-process p50) <= 1.25 x decode floor;
   throughput at concurrency 16 >= 1.1 x in-process sequential.
@@ -128,6 +134,29 @@ def decode_binary(headers: dict[str, str], data: bytes) -> np.ndarray:
     return np.frombuffer(data[hl:], np.float32).reshape(meta["outputs"][0]["shape"])
 
 
+def start_server(tree: Path, repo: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "SEPCONV_REPO": str(repo), "SEPCONV_PORT": str(port), "SEPCONV_HOST": "127.0.0.1"}
+    return subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--log-level", "warning"], cwd=tree,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port
+
+
+def wait_ready(server: subprocess.Popen, port: int, model: str) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", f"/v2/models/{model}/ready")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the server did not become ready: " + (server.stderr.read().decode()
+                                                                    if server.poll() is not None else "timeout"))
+        time.sleep(0.2)
+
+
 def decode_floor(body: bytes) -> float:
     t = time.perf_counter()
     req = orjson.loads(body)
@@ -181,20 +210,23 @@ def main() -> None:
                                                           "throughput slices per kind = rounds)")
     ap.add_argument("--requests", type=int, default=15, help="latency samples per kind per round")
     ap.add_argument("--seconds", type=float, default=6.0, help="throughput time per kind (split into rounds)")
+    ap.add_argument("--versus", type=Path, help="another checkout of sepconv (e.g. a git worktree of an older "
+                                                "commit): its server is started too and its latency samples are "
+                                                "interleaved with this one's, for an A/B in the same run")
     args = ap.parse_args()
 
     from service.runtime import make_session
     from service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))
-    server = None
+    server = other = None
     try:
         model_path = prepare_repo(args.model, tmp)
-        port = free_port()
-        env = {**os.environ, "SEPCONV_REPO": str(tmp), "SEPCONV_PORT": str(port), "SEPCONV_HOST": "127.0.0.1"}
-        server = subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--log-level", "warning"], cwd=ROOT,
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        session = make_session(model_path, Settings())
+        server, port = start_server(ROOT, tmp)
+        if args.versus is not None:
+            other, other_port = start_server(args.versus.resolve(), tmp)
+        settings = Settings()  # the server reads the same SEPCONV_* environment: same session options
+        session = make_session(model_path, settings)
         in_name = session.get_inputs()[0].name
         shape = [1, *session.get_inputs()[0].shape[1:]]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -202,19 +234,19 @@ def main() -> None:
         bin_body, bin_headers = binary_body(x)
         js_body, js_headers = json_body(x)
 
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", f"/v2/models/{args.model}/ready")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not become ready: " + (server.stderr.read().decode()
-                                                                        if server.poll() is not None else "timeout"))
-            time.sleep(0.2)
+        wait_ready(server, port, args.model)
+        other_conn = None
+        if other is not None:
+            wait_ready(other, other_port, args.model)
+            other_conn = Conn(other_port)
+            for _ in range(4):
+                assert other_conn.post(path, bin_body, bin_headers)[0] == 200
+                other_conn.post(path, js_body, js_headers)
+
+        meta_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        meta_conn.request("GET", f"/v2/models/{args.model}")
+        server_providers = orjson.loads(meta_conn.getresponse().read())["parameters"]["execution_providers"]
+        meta_conn.close()
 
         conn = Conn(port)
         # correctness and warm-up
@@ -234,7 +266,7 @@ def main() -> None:
 
         load_before = os.getloadavg()
         # Latency: one sample of each kind in turn, so that background load hits every kind alike.
-        inproc, srv_bin, srv_json, floor = [], [], [], []
+        inproc, srv_bin, srv_json, floor, other_bin, other_json = [], [], [], [], [], []
         bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
         for _ in range(args.rounds * args.requests):
             t = time.perf_counter()
@@ -247,7 +279,17 @@ def main() -> None:
             conn.send(js_request)
             srv_json.append(time.perf_counter() - t)
             floor.append(decode_floor(js_body))
+            if other_conn is not None:
+                t = time.perf_counter()
+                other_conn.send(bin_request)
+                other_bin.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                other_conn.send(js_request)
+                other_json.append(time.perf_counter() - t)
         conn.close()
+        if other_conn is not None:
+            other_conn.close()
+            other.terminate()  # type: ignore[union-attr]  # not running during the throughput slices
 
         # Throughput: short slices in turn (in-process sequential, server at 1/4/16), medians per kind.
         slice_s = args.seconds / args.rounds
@@ -279,10 +321,23 @@ def main() -> None:
         print(f"model {args.model}, batch 1, {args.rounds} rounds x {args.requests} requests; "
               f"body sizes: binary {len(bin_body)} B, JSON {len(js_body)} B")
         print(f"cpu cores {os.cpu_count()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+        print(f"ORT session options, in-process and server alike (service.runtime.make_session, same Settings): "
+              f"intra_op_threads {settings.intra_op_threads or 'ORT default'}, inter_op_threads "
+              f"{settings.inter_op_threads or 'ORT default'}, graph optimisation {settings.graph_optimization}, "
+              f"allow_spinning {settings.allow_spinning}, cpu arena {settings.enable_cpu_mem_arena}, mem pattern "
+              f"{settings.enable_mem_pattern}; providers in-process {session.get_providers()}, "
+              f"server {server_providers}")
         print(f"{'':28}{'p50':>10}{'p90':>11}")
         for key, label in (("in", "in-process session.run"), ("bin", "server, binary request"),
                            ("json", "server, JSON request"), ("floor", "JSON decode floor")):
             print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
+        if other_bin:
+            for samples, label in ((other_bin, "--versus server, binary"), (other_json, "--versus server, JSON")):
+                print(f"{label:28}{ms(pct(samples, 50)):>10} {ms(pct(samples, 90)):>10}")
+            print(f"A/B p50, this / --versus: binary {p50['bin'] / pct(other_bin, 50):.3f}, JSON "
+                  f"{p50['json'] / pct(other_json, 50):.3f}; overhead over in-process p50: binary "
+                  f"{(p50['bin'] - p50['in']) * 1000:.2f} vs {(pct(other_bin, 50) - p50['in']) * 1000:.2f} ms, JSON "
+                  f"{(p50['json'] - p50['in']) * 1000:.2f} vs {(pct(other_json, 50) - p50['in']) * 1000:.2f} ms")
         print(f"throughput, in-process sequential: {seq_thr:7.1f} req/s")
         for c, v in thr.items():
             print(f"throughput, server concurrency {c:2d}: {v:7.1f} req/s  ({v / seq_thr:.2f}x; the client process "
@@ -305,12 +360,14 @@ def main() -> None:
               f"{(p50['json'] - p50['in']) * 1000:.2f} ms; medians of {len(inproc)} samples; "
               f"stdev in-process {statistics.pstdev(inproc) * 1000:.2f} ms)")
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        for proc in (server, other):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+            if proc is not None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

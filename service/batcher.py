@@ -1,11 +1,20 @@
 """Request scheduling per model: Triton's dynamic batcher on asyncio.
 
-Requests queue per model. ``workers`` coroutines (one per model instance) take the oldest request,
-add every queued request with the same per-item shapes while the batch stays within
-``max_batch_size`` (waiting up to ``max_queue_delay`` for more when that is configured), run one
-``session.run`` in a thread pool (ORT releases the GIL) and split the outputs back by request.
-With no queue delay nothing waits: a batch forms from what queued while the previous run was busy,
+Requests queue per model. Up to ``workers`` runs (one per model instance) are in progress at once;
+whenever a slot is free (a request arrives, or a run ends) the oldest request is taken together with
+every queued request of the same per-item shapes while the batch stays within ``max_batch_size``
+(waiting up to ``max_queue_delay`` for more when that is configured), handed to the thread pool, which
+runs one ``session.run`` (ORT releases the GIL), splits the outputs back by request and resolves the
+requests' futures with one ``call_soon_threadsafe``. A request that finds a free slot starts from its
+own ``submit`` call: route -> ``submit`` -> ``_dispatch`` -> executor thread ``_run`` -> ``session.run``.
+With no queue delay nothing waits: a batch forms from what queued while the previous runs were busy,
 so a lone request is never delayed and concurrent ones are coalesced.
+
+A lone request (the server handling no other request, no ``session.run`` in progress anywhere in the
+process, and runs of its batch size measured under 20 ms) runs on the event loop thread itself, from
+``submit``: handing it to a pool thread and waking the loop again costs two thread wake-ups (~0.1 ms,
+2% of a MobileNet run), and with nothing else in progress there is nobody for the loop to serve
+meanwhile (a request arriving during that run is read when it ends, and queued as usual).
 
 The configured ``max_queue_delay`` is spent only while requests have recently been arriving faster
 than that delay (an exponentially weighted mean of the gaps between arrivals): then waiting can fill a
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,13 +51,31 @@ from service.errors import ApiError
 log = logging.getLogger("sepconv.batcher")
 
 
+_INLINE_MAX_NS = 20_000_000  # a lone request runs on the event loop when its run is measured under 20 ms
+
+
+class _RunCount:
+    """``session.run`` calls in progress in this process, over all models (inline runs wait for zero)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
+_RUNNING = _RunCount()
+
+
 @dataclass
 class Job:
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     batch: int
     key: tuple
-    future: asyncio.Future
+    future: asyncio.Future | None = None
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     queue_ns: int = 0
     input_ns: int = 0
@@ -67,7 +95,7 @@ class Scheduler:
     def __init__(self, session: Any, output_names: list[str], executor: Executor, *, max_batch_size: int,
                  dynamic: bool, max_queue_delay_us: int = 0, preferred_batch_sizes: list[int] | None = None,
                  workers: int = 1, on_execution: Callable[[int, int, int, int], None] | None = None,
-                 label: str = "", adaptive: bool = True) -> None:
+                 label: str = "", adaptive: bool = True, inline_max_ns: int = _INLINE_MAX_NS) -> None:
         self.session = session
         self.output_names = list(output_names)
         self.executor = executor
@@ -79,6 +107,7 @@ class Scheduler:
         self.target = max(preferred) if preferred else self.max_batch_size
         self.workers = max(1, int(workers))
         self.adaptive = adaptive
+        self.inline_max_ns = int(inline_max_ns)
         buckets = {1, self.max_batch_size}
         b = 2
         while b < self.max_batch_size:
@@ -90,43 +119,48 @@ class Scheduler:
         self.on_execution = on_execution
         self.label = label
         self._queue: deque[Job] = deque()
-        self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._busy = 0  # runs in progress (at most ``workers``)
+        self._timer: asyncio.TimerHandle | None = None  # pending end of a queue delay
         self._closed = False
         self.in_flight = 0
         self._last_arrival = 0
         self._mean_gap_ns = float("inf")
 
     # -- public ------------------------------------------------------------------------------
-    async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str], batch: int) -> Job:
-        """Queue one request; returns the finished job (``job.result`` = requested outputs)."""
+    async def submit(self, inputs: dict[str, np.ndarray], outputs: list[str], batch: int, *,
+                     alone: bool = False) -> Job:
+        """Run one request; returns the finished job (``job.result`` = requested outputs).
+
+        Either inline (``_run_inline``: ``alone`` = the server handles no other request, nothing running,
+        a short model) or queued: ``_dispatch`` hands it to the executor when a run slot is free, and the
+        run thread resolves its future."""
         if self._closed:
             raise ApiError(503, f"model {self.label} is being unloaded")
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._start(loop)
-        job = Job(inputs=inputs, outputs=outputs, batch=batch, key=_signature(inputs, self.batched),
-                  future=loop.create_future())
+        loop = self._loop = asyncio.get_running_loop()
+        job = Job(inputs=inputs, outputs=outputs, batch=batch, key=_signature(inputs, self.batched))
         if self._last_arrival:
             gap = job.enqueued_ns - self._last_arrival
             self._mean_gap_ns = gap if self._mean_gap_ns == float("inf") else 0.8 * self._mean_gap_ns + 0.2 * gap
         self._last_arrival = job.enqueued_ns
+        if self._inline_ok(job, alone):
+            return self._run_inline(job)
+        job.future = loop.create_future()
         self._queue.append(job)
-        self._event.set()  # type: ignore[union-attr]
         self.in_flight += 1
         try:
+            self._dispatch()
             await job.future
         finally:
             self.in_flight -= 1
         return job
 
     def close(self) -> None:
-        """Stop taking requests; queued ones still run, then the workers end."""
+        """Stop taking requests; queued ones still run (any thread may call this)."""
         self._closed = True
-        if self._loop is not None and self._event is not None and not self._loop.is_closed():
+        if self._loop is not None and not self._loop.is_closed():
             try:
-                self._loop.call_soon_threadsafe(self._event.set)
+                self._loop.call_soon_threadsafe(self._dispatch)  # a queue delay no longer applies
             except RuntimeError:
                 pass
 
@@ -134,47 +168,92 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queue)
 
-    # -- workers ---------------------------------------------------------------------------------
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._event = asyncio.Event()
-        self._tasks = [loop.create_task(self._worker(), name=f"batcher-{self.label}-{i}")
-                       for i in range(self.workers)]
+    # -- on the event loop -----------------------------------------------------------------------
+    def _inline_ok(self, job: Job, alone: bool) -> bool:
+        """A lone request runs on the event loop thread itself, sparing the two thread hand-offs of the
+        pool (~0.1 ms), when nothing else needs the loop meanwhile: the server is handling no other
+        request (``alone``, from the caller: concurrent clients keep the pool path, where their requests
+        are batched), no ``session.run`` is in progress in the process, and this batch size's runs were
+        measured under ``inline_max_ns`` (the loop is never held long)."""
+        if not alone or self._busy or self._queue or self._closed or _RUNNING.value:
+            return False
+        per_image = self._cost.get(self._bucket(job.batch))
+        if per_image is None:
+            return False
+        return per_image * job.batch <= self.inline_max_ns
 
-    def _queued_batch(self, key: tuple) -> int:
-        return sum(j.batch for j in self._queue if j.key == key)
+    def _run_inline(self, job: Job) -> Job:
+        self._busy += 1
+        _RUNNING.add(1)
+        try:
+            result = self._execute_one(job, [n for n in self.output_names if n in job.outputs])
+        finally:
+            _RUNNING.add(-1)
+            self._busy -= 1
+        if isinstance(result, BaseException):
+            raise result
+        job.result = result
+        return job
 
-    async def _worker(self) -> None:
-        assert self._event is not None
-        while True:
-            while not self._queue:
-                if self._closed:
-                    return
-                self._event.clear()
-                await self._event.wait()
-            if self.coalesce and self.delay_ns > 0 and self._mean_gap_ns < self.delay_ns:
-                head = self._queue[0]
-                deadline = head.enqueued_ns + self.delay_ns
-                while (not self._closed and self._queue and self._queue[0] is head
-                       and self._queued_batch(head.key) < self.target):
-                    left = deadline - time.perf_counter_ns()
-                    if left <= 0:
-                        break
-                    self._event.clear()
-                    try:
-                        await asyncio.wait_for(self._event.wait(), timeout=left / 1e9)
-                    except TimeoutError:
-                        break
+    def _dispatch(self) -> None:
+        """Start runs while a slot is free (``workers`` concurrent runs) and requests are queued."""
+        while self._busy < self.workers and self._queue:
+            if self._hold_for_batch():
+                return
             jobs = self._take()
             if not jobs:
-                continue
+                return
+            start = time.perf_counter_ns()
+            for job in jobs:
+                job.queue_ns = start - job.enqueued_ns
+            names = [n for n in self.output_names if any(n in j.outputs for j in jobs)]
+            self._busy += 1
+            _RUNNING.add(1)
             try:
-                await self._run(jobs)
-            except Exception as exc:  # noqa: BLE001 - never let a worker die
-                log.exception("batch run failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(ApiError(500, f"inference failed: {exc}"))
+                self.executor.submit(self._run, jobs, names)
+            except RuntimeError as exc:  # the executor is shut down (server stopping): answer, take the next
+                self._busy -= 1
+                _RUNNING.add(-1)
+                error = ApiError(503, f"model {self.label} is being unloaded ({exc})")
+                for fut in (j.future for j in jobs):
+                    if fut is not None and not fut.done():
+                        fut.set_exception(error)
+
+    def _hold_for_batch(self) -> bool:
+        """Spend the queue delay (see the module docstring): True while the head request should wait."""
+        if not (self.coalesce and self.delay_ns > 0 and self._mean_gap_ns < self.delay_ns) or self._closed:
+            return False
+        head = self._queue[0]
+        if self._queued_batch(head.key) >= self.target:
+            return False
+        left = head.enqueued_ns + self.delay_ns - time.perf_counter_ns()
+        if left <= 0:
+            return False
+        if self._timer is None:
+            self._timer = self._loop.call_later(left / 1e9, self._on_timer)  # type: ignore[union-attr]
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _queued_batch(self, key: tuple) -> int:
+        return sum(j.batch for j in self._queue if j.key == key and not j.future.done())  # type: ignore[union-attr]
+
+    def _finish(self, jobs: list[Job], results: list[dict[str, np.ndarray] | BaseException]) -> None:
+        """A run ended (called on the loop by the run thread): answer its requests, start the next run."""
+        self._busy -= 1
+        _RUNNING.add(-1)
+        for job, res in zip(jobs, results, strict=True):
+            fut = job.future
+            if fut is None or fut.done():  # cancelled: the client went away
+                continue
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
+            else:
+                job.result = res
+                fut.set_result(None)
+        self._dispatch()
 
     def _take(self) -> list[Job]:
         while self._queue and self._queue[0].future.done():  # cancelled (client went away)
@@ -230,23 +309,18 @@ class Scheduler:
         old = self._cost.get(key)
         self._cost[key] = per_image if old is None else 0.7 * old + 0.3 * per_image
 
-    async def _run(self, jobs: list[Job]) -> None:
-        start = time.perf_counter_ns()
-        for job in jobs:
-            job.queue_ns = start - job.enqueued_ns
-        names = [n for n in self.output_names if any(n in j.outputs for j in jobs)]
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self.executor, self._execute, jobs, names)
-        for job, res in zip(jobs, results, strict=True):
-            if job.future.done():
-                continue
-            if isinstance(res, BaseException):
-                job.future.set_exception(res)
-            else:
-                job.result = res
-                job.future.set_result(None)
-
     # -- in the run thread ---------------------------------------------------------------------------
+    def _run(self, jobs: list[Job], names: list[str]) -> None:
+        try:
+            results = self._execute(jobs, names)
+        except Exception as exc:  # noqa: BLE001 - a failure must still answer every request
+            log.exception("batch run failed")
+            results = [ApiError(500, f"inference failed: {exc}")] * len(jobs)
+        try:
+            self._loop.call_soon_threadsafe(self._finish, jobs, results)  # type: ignore[union-attr]
+        except RuntimeError:  # the event loop is closed: nobody is waiting any more
+            pass
+
     def _execute(self, jobs: list[Job], names: list[str]) -> list[dict[str, np.ndarray] | BaseException]:
         if len(jobs) == 1:
             return [self._execute_one(jobs[0], names)]
@@ -274,6 +348,7 @@ class Scheduler:
         return results
 
     def _execute_one(self, job: Job, names: list[str]) -> dict[str, np.ndarray] | BaseException:
+        """One request alone (in a run thread, or inline on the loop)."""
         t0 = time.perf_counter_ns()
         try:
             outs = self.session.run(names, job.inputs)
@@ -283,8 +358,7 @@ class Scheduler:
         result = dict(zip(names, outs, strict=True))
         t2 = time.perf_counter_ns()
         job.input_ns, job.infer_ns, job.output_ns, job.batch_size = 0, t1 - t0, t2 - t1, job.batch
-        if self.coalesce:
-            self._learn(job.batch, t1 - t0)
+        self._learn(job.batch, t1 - t0)  # also what decides whether a lone request may run inline
         if self.on_execution is not None:
             self.on_execution(job.batch, 0, t1 - t0, t2 - t1)
         return result

@@ -125,7 +125,8 @@ def _metadata(repo: ModelRepository, model: LoadedModel) -> dict[str, Any]:
             "max_batch_size": model.max_batch_size,
             "execution_providers": model.providers,
             "requested_providers": model.requested_providers,
-            "onnx_metadata": model.metadata,
+            # the exporter's bulky keys (per-layer summary, export key) stay out: /v1/models/{m}/summary serves them
+            "onnx_metadata": {k: v for k, v in model.metadata.items() if not k.startswith("sepconv.")},
         },
     }
 
@@ -238,7 +239,7 @@ def _feed(model: LoadedModel, req: InferRequest) -> tuple[dict[str, np.ndarray],
 
 
 async def handle_infer(request: Request, model_name: str, version: str | None) -> Response:
-    """POST .../infer: decode, queue for the model's scheduler (which runs ``session.run``), encode."""
+    """POST .../infer: decode, run through the model's scheduler (which calls ``session.run``), encode."""
     start = time.perf_counter_ns()
     model = _repo(request).get(model_name, version)
     try:
@@ -265,7 +266,9 @@ async def handle_infer(request: Request, model_name: str, version: str | None) -
                     raise ApiError(400, f"unknown output {o.name!r} for model {model.name!r} "
                                         f"(outputs: {', '.join(outputs_map)})")
             wanted = [(o.name, o.binary) for o in req.outputs]
-        job = await model.scheduler.submit(feed, [n for n, _ in wanted], batch)
+        in_flight = getattr(request.app.state, "in_flight", None)  # HTTP requests being handled, this one too
+        job = await model.scheduler.submit(feed, [n for n, _ in wanted], batch,
+                                           alone=in_flight is not None and in_flight.count <= 1)
         result = job.result or {}
         t_enc = time.perf_counter_ns()
         body_out, hlen = encode_infer_response(

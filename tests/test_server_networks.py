@@ -64,4 +64,6 @@ def test_default_catalog_and_mobilenet_v2_served(catalog_repo: Path) -> None:
                 got = client.infer(name, [i], outputs=[o]).as_numpy("logits")
                 assert got.shape == expected.shape
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-            assert meta["parameters"]["onnx_metadata"], "the exporter's metadata is reported"
+            onnx_meta = meta["parameters"]["onnx_metadata"]
+            assert onnx_meta["architecture"].startswith("mobilenet") and int(onnx_meta["macs"]) > 0
+            assert not any(k.startswith("sepconv.") for k in onnx_meta), "bulky keys stay in /v1/models/{m}/summary"
