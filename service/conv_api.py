@@ -33,6 +33,7 @@ from service.conv_cache import CompiledConv, ConvCache
 from service.conv_graphs import ConvGraph, ConvKey
 from service.conv_request import ConvCall, parse
 from service.errors import ApiError
+from service.request_body import read_body
 from service.runtime import make_session, resolve_providers
 from service.settings import Settings, get_settings
 
@@ -55,22 +56,6 @@ def conv_cache(app: Any) -> ConvCache:
                 cache = ConvCache(settings_of(app).conv_cache_size)
                 app.state.conv_cache = cache
     return cache
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is {int(declared)} bytes; this server accepts at most {limit} "
-                            "(SEPCONV_MAX_REQUEST_BYTES)")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, f"request body is over {limit} bytes, the most this server accepts "
-                                "(SEPCONV_MAX_REQUEST_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _check_list_volume(body: bytes, settings: Settings) -> None:
@@ -212,7 +197,7 @@ async def conv(op: str, request: Request) -> Response:
     if op not in conv_graphs.OPS:
         raise ApiError(404, f"unknown convolution op {op!r}; use one of {', '.join(conv_graphs.OPS)}")
     settings = settings_of(request.app)
-    body = await _read_body(request, settings.max_request_bytes)
+    body = await read_body(request, settings.max_request_bytes, "this server accepts (SEPCONV_MAX_REQUEST_BYTES)")
     content = await run_in_threadpool(handle, op, body, settings, conv_cache(request.app))
     return Response(content=content, media_type="application/json")
 

@@ -23,6 +23,7 @@ from service.errors import ApiError
 from service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
 from service.profile_layers import SUMMARY_KEY, graph_summary, public_summary
 from service.profiler import ProfileGate, ProfileRequest, TraceStore, check_request, profile_model
+from service.request_body import read_body
 from service.settings import Settings, get_settings
 
 router = APIRouter(tags=["profiling"])
@@ -36,19 +37,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 def _json_body(model: type[_M], *, optional: bool) -> Callable[[Request], Awaitable[_M]]:
     async def read(request: Request) -> _M:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body is {int(declared)} bytes; a profile request may have at most "
-                                f"{MAX_BODY_BYTES}")
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes, the most a profile request "
-                                    "may have")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        body = await read_body(request, MAX_BODY_BYTES, "a profile request may have")
         if optional and not body.strip():
             return model()
         try:

@@ -230,3 +230,17 @@ def test_b64_without_padding_or_with_line_breaks_is_accepted(http: httpx.Client)
         out = r.json()["output"]
         y = np.frombuffer(base64.b64decode(out["b64"]), "<f4").reshape(out["shape"])
         np.testing.assert_array_equal(y[..., 0], x.sum(axis=-1))
+
+
+def test_a_body_over_max_request_bytes_is_413_declared_or_streamed(tight: httpx.Client) -> None:
+    big = b"[" + b"0," * 150_000 + b"0]"  # 300 kB > max_request_bytes (200 kB)
+    r = _send(tight, "conv2d", big)  # Content-Length declared: refused before reading
+    assert r.status_code == 413 and "200000 bytes" in r.json()["error"], r.text
+
+    def chunks():  # no Content-Length (chunked): refused once the stream passes the limit
+        for i in range(0, len(big), 16_384):
+            yield big[i:i + 16_384]
+
+    r = tight.post("/v1/conv/conv2d", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "200000 bytes" in r.json()["error"], r.text
+    _still_serving(tight)
