@@ -33,7 +33,6 @@ from service.conv_cache import CompiledConv, ConvCache
 from service.conv_graphs import ConvGraph, ConvKey
 from service.conv_request import ConvCall, parse
 from service.errors import ApiError
-from service.request_body import read_body
 from service.runtime import make_session, resolve_providers
 from service.settings import Settings, get_settings
 
@@ -197,7 +196,7 @@ async def conv(op: str, request: Request) -> Response:
     if op not in conv_graphs.OPS:
         raise ApiError(404, f"unknown convolution op {op!r}; use one of {', '.join(conv_graphs.OPS)}")
     settings = settings_of(request.app)
-    body = await read_body(request, settings.max_request_bytes, "this server accepts (SEPCONV_MAX_REQUEST_BYTES)")
+    body = await request.body()  # ServiceMiddleware already refuses bodies over SEPCONV_MAX_REQUEST_BYTES (413)
     content = await run_in_threadpool(handle, op, body, settings, conv_cache(request.app))
     return Response(content=content, media_type="application/json")
 
