@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.catalog import ExportRequest, export  # noqa: E402
-from export.graph import check_and_infer  # noqa: E402
-from export.networks import NetworkConfig, _build_graph  # noqa: E402
-from export.repository import atomic_write  # noqa: E402
-from export.weights import RandomWeights  # noqa: E402
+from sepconv.export.catalog import ExportRequest, export  # noqa: E402
+from sepconv.export.graph import check_and_infer  # noqa: E402
+from sepconv.export.networks import NetworkConfig, _build_graph  # noqa: E402
+from sepconv.export.repository import atomic_write  # noqa: E402
+from sepconv.export.weights import RandomWeights  # noqa: E402
 
 
 def timed(fn, runs: int) -> list[float]:

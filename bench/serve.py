@@ -6,7 +6,7 @@
 * exports the catalog's ``mobilenet_v2_1.0_224`` (catalog config: max_batch_size 16, dynamic batching) into a
   temporary repository (or copies ``models/NAME`` when it is there), starts ``sepconv serve`` on it in a
   subprocess (uvicorn + httptools + uvloop, the real server), and opens an in-process session with the same
-  settings (``service.runtime.make_session`` with ``Settings()`` from the same ``SEPCONV_*`` environment: the
+  settings (``sepconv.service.runtime.make_session`` with ``Settings()`` from the same ``SEPCONV_*`` environment: the
   same threads, optimisation level, spinning and providers; the bench prints them). Both call ``session.run``
   from their main thread (the server runs a lone request on its event-loop thread, see service/batcher.py);
 * latency at batch 1, one sample of each kind in turn so background load hits all of them alike: in-process
@@ -59,7 +59,7 @@ def prepare_repo(model: str, repo: Path) -> Path:
     if (existing / "1" / "model.onnx").is_file() and (existing / "config.pbtxt").is_file():
         shutil.copytree(existing, repo / model)
         return repo / model / "1" / "model.onnx"
-    from export.catalog import export, load_catalog
+    from sepconv.export.catalog import export, load_catalog
 
     _, requests = load_catalog(ROOT / "models" / "catalog.toml")
     request = next((r for r in requests if r.model_name == model), None)
@@ -215,8 +215,8 @@ def main() -> None:
                                                 "interleaved with this one's, for an A/B in the same run")
     args = ap.parse_args()
 
-    from service.runtime import make_session
-    from service.settings import Settings
+    from sepconv.service.runtime import make_session
+    from sepconv.service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))
     server = other = None

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.errors import ExportError
-from export.repository import (
+from sepconv.export.errors import ExportError
+from sepconv.export.repository import (
     DEFAULT_MAX_BATCH,
     DEFAULT_REPO,
     DEFAULT_VERSION,
@@ -30,7 +30,7 @@ from export.repository import (
 )
 
 if TYPE_CHECKING:
-    from export.importers import ImportedWeights
+    from sepconv.export.importers import ImportedWeights
 
 DEFAULT_CATALOG = Path("models/catalog.toml")
 
@@ -67,7 +67,7 @@ class ExportRequest:
 
     @property
     def model_name(self) -> str:
-        from export.networks import NetworkConfig  # noqa: PLC0415
+        from sepconv.export.networks import NetworkConfig  # noqa: PLC0415
 
         if self.name is not None:
             return self.name
@@ -109,9 +109,9 @@ def imported_weights_file(repo: Path, name: str, version: int) -> str | None:
 
 
 def load_weight_source(path: Path, request: ExportRequest) -> ImportedWeights:
-    """``export.importers.load_weights`` for the request, refusing a padding that would not reproduce
+    """``sepconv.export.importers.load_weights`` for the request, refusing a padding that would not reproduce
     the file's framework (imported lazily: h5py/torch are optional)."""
-    from export.importers import load_weights  # noqa: PLC0415
+    from sepconv.export.importers import load_weights  # noqa: PLC0415
 
     try:
         source = load_weights(Path(path), arch=request.arch, alpha=request.alpha, resolution=request.resolution,
@@ -131,7 +131,7 @@ def load_weight_source(path: Path, request: ExportRequest) -> ImportedWeights:
 
 def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = False) -> ExportResult:
     """Build and write one model (unless an identical export is already there and not ``force``)."""
-    from export.networks import NetworkConfig, build_network  # noqa: PLC0415
+    from sepconv.export.networks import NetworkConfig, build_network  # noqa: PLC0415
 
     check_version(request.version)
     check_max_batch(request.max_batch_size)

@@ -2,7 +2,7 @@
 
 Weights are given in TensorFlow/Keras layouts (``conv2d``: ``[kh, kw, in, out]``;
 ``depthwise_conv2d``: ``[kh, kw, in, multiplier]``; dense: ``[in, out]``) and converted here.
-Each layer records a :class:`~export.graph.LayerInfo` (params, multiply-adds, ONNX node names)
+Each layer records a :class:`~sepconv.export.graph.LayerInfo` (params, multiply-adds, ONNX node names)
 on the builder, so the networks, the ``/v1/conv`` endpoints and the profiler share one accounting.
 """
 
@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from export.errors import ExportError
-from export.graph import BATCH, GraphBuilder, LayerInfo, Tensor, channels_last
-from export.padding import PaddingSpec, conv_output_hw, resolve_padding, spatial_pair
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import BATCH, GraphBuilder, LayerInfo, Tensor, channels_last
+from sepconv.export.padding import PaddingSpec, conv_output_hw, resolve_padding, spatial_pair
 
 ACTIVATIONS = ("relu", "relu6", "hard_sigmoid", "hard_swish")
 LAYOUTS = ("NHWC", "NCHW")

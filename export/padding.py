@@ -11,7 +11,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from export.errors import ExportError
+from sepconv.export.errors import ExportError
 
 PaddingSpec = str | Sequence[Sequence[int]] | Sequence[int]
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-
-from export.errors import ExportError
+from sepconv.export.errors import ExportError
 
 DEFAULT_REPO = Path("models")
 DEFAULT_VERSION = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from export.graph import KINDS, LayerInfo, layer_totals
+from sepconv.export.graph import KINDS, LayerInfo, layer_totals
 
 LAYER_FIELDS = ("name", "kind", "output_shape", "params", "macs")
 

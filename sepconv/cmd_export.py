@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from export.errors import ExportError
+from sepconv.export.errors import ExportError
 
 ArchArg = Annotated[str, typer.Argument(help="mobilenet_v1 | mobilenet_v2 | mobilenet_v3_large | mobilenet_v3_small")]
 Alpha = Annotated[float, typer.Option("--alpha", help="width multiplier")]
@@ -47,8 +47,8 @@ def summary(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
 ) -> None:
     """Keras-like table of a network: layer, kind, output shape, params, multiply-adds."""
-    from export.networks import network_layers  # noqa: PLC0415
-    from export.summary import render_table, summary_dict  # noqa: PLC0415
+    from sepconv.export.networks import network_layers  # noqa: PLC0415
+    from sepconv.export.summary import render_table, summary_dict  # noqa: PLC0415
 
     try:
         config, layers = network_layers(
@@ -92,8 +92,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,
 ) -> None:
     """Write REPO/NAME/VERSION/model.onnx and REPO/NAME/config.pbtxt; prints the model path."""
-    from export.catalog import DEFAULT_CATALOG, ExportRequest  # noqa: PLC0415
-    from export.catalog import export as export_one  # noqa: PLC0415
+    from sepconv.export.catalog import DEFAULT_CATALOG, ExportRequest  # noqa: PLC0415
+    from sepconv.export.catalog import export as export_one  # noqa: PLC0415
 
     if catalog:
         _export_catalog(Path(arch) if arch else DEFAULT_CATALOG, repo, force)
@@ -120,8 +120,8 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
-    from export.catalog import export as export_one  # noqa: PLC0415
-    from export.catalog import load_catalog  # noqa: PLC0415
+    from sepconv.export.catalog import export as export_one  # noqa: PLC0415
+    from sepconv.export.catalog import load_catalog  # noqa: PLC0415
 
     try:
         catalog_repo, requests = load_catalog(path)

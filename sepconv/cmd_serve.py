@@ -35,8 +35,8 @@ def serve(
     """Serve the models of a repository over the KServe V2 protocol (and /v1 conv + profiling routes)."""
     import uvicorn  # noqa: PLC0415
 
-    from service.app import create_app  # noqa: PLC0415
-    from service.settings import Settings  # noqa: PLC0415
+    from sepconv.service.app import create_app  # noqa: PLC0415
+    from sepconv.service.settings import Settings  # noqa: PLC0415
 
     overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "providers": providers}.items()
                  if v is not None}

@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app(settings)``.
 
-* ``app.state.settings`` — the :class:`~service.settings.Settings` in use.
-* ``app.state.repository`` — the :class:`~service.repository.ModelRepository`. For other features
+* ``app.state.settings`` — the :class:`~sepconv.service.settings.Settings` in use.
+* ``app.state.repository`` — the :class:`~sepconv.service.repository.ModelRepository`. For other features
   (profiling, dashboard): ``app.state.repository.get(name, version=None)`` returns the loaded model with
   ``.name, .version, .path`` (Path of model.onnx), ``.session`` (ORT InferenceSession), ``.metadata``
   (dict of ONNX metadata_props), ``.max_batch_size``, ``.config`` (ModelConfig; ``.config.to_json()`` is
@@ -9,11 +9,11 @@
   unknown model/version and 503 for one that is not ready.
 * ``app.state.executor`` — the thread pool that runs ``session.run``.
 
-Routers: V2 protocol (:mod:`service.v2_api`), ``/v1/conv`` (:mod:`service.conv_api`), profiling
-(:mod:`service.profiling_api`), ``/metrics`` and the dashboard at ``/`` (:mod:`service.ops_api`).
+Routers: V2 protocol (:mod:`sepconv.service.v2_api`), ``/v1/conv`` (:mod:`sepconv.service.conv_api`), profiling
+(:mod:`sepconv.service.profiling_api`), ``/metrics`` and the dashboard at ``/`` (:mod:`sepconv.service.ops_api`).
 Models load at start-up (lifespan); shutdown lets in-flight requests finish, then unloads.
 
-Run: ``uvicorn --factory service.app:create_app`` (or ``service.app:app``, made on first access).
+Run: ``uvicorn --factory service.app:create_app`` (or ``sepconv.service.app:app``, made on first access).
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from sepconv.service import conv_api, ops_api, profiling_api, v2_api
+from sepconv.service.batcher import Scheduler
+from sepconv.service.errors import install_error_handlers
+from sepconv.service.fastpath import InferFastPath
+from sepconv.service.metrics import BATCH_SIZE, INFER_COMPUTE, INFER_LATENCY, INFER_QUEUE, INFER_REQUESTS, MODEL_READY
+from sepconv.service.middleware import InFlight, ServiceMiddleware
+from sepconv.service.repository import LoadedModel, ModelRepository
+from sepconv.service.settings import Settings, get_settings
 
 from sepconv import __version__
-from service import conv_api, ops_api, profiling_api, v2_api
-from service.batcher import Scheduler
-from service.errors import install_error_handlers
-from service.fastpath import InferFastPath
-from service.metrics import BATCH_SIZE, INFER_COMPUTE, INFER_LATENCY, INFER_QUEUE, INFER_REQUESTS, MODEL_READY
-from service.middleware import InFlight, ServiceMiddleware
-from service.repository import LoadedModel, ModelRepository
-from service.settings import Settings, get_settings
 
 log = logging.getLogger("sepconv.app")
 
@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def __getattr__(name: str) -> Any:  # ``service.app:app`` for uvicorn without --factory
+def __getattr__(name: str) -> Any:  # ``sepconv.service.app:app`` for uvicorn without --factory
     if name == "app":
         return create_app()
     raise AttributeError(name)

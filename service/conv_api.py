@@ -4,7 +4,7 @@ The flow of a request, cheapest checks first, nothing allocated before the limit
 
 1. body size (``Content-Length``, then while reading) against ``max_request_bytes``, and the count of JSON
    numbers/lists (commas and brackets, before parsing) against ``conv_max_list_elements`` -> 413;
-2. JSON, fields and shapes (:mod:`service.conv_request`; TF-style messages) -> 400/404/422;
+2. JSON, fields and shapes (:mod:`sepconv.service.conv_request`; TF-style messages) -> 400/404/422;
 3. tensor sizes from the *declared* shapes against ``conv_max_elements`` -> 413;
 4. the graph for the request's signature (cached) and its accounting: largest activation and
    multiply-adds (times the batch) against ``conv_max_elements`` / ``conv_max_macs``, and a nested-list
@@ -26,15 +26,14 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-
-from export.errors import ExportError
-from service import conv_codec, conv_graphs
-from service.conv_cache import CompiledConv, ConvCache
-from service.conv_graphs import ConvGraph, ConvKey
-from service.conv_request import ConvCall, parse
-from service.errors import ApiError
-from service.runtime import make_session, resolve_providers
-from service.settings import Settings, get_settings
+from sepconv.export.errors import ExportError
+from sepconv.service import conv_codec, conv_graphs
+from sepconv.service.conv_cache import CompiledConv, ConvCache
+from sepconv.service.conv_graphs import ConvGraph, ConvKey
+from sepconv.service.conv_request import ConvCall, parse
+from sepconv.service.errors import ApiError
+from sepconv.service.runtime import make_session, resolve_providers
+from sepconv.service.settings import Settings, get_settings
 
 router = APIRouter(tags=["convolution"])
 _state_lock = threading.Lock()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.conv_graphs import ConvGraph, ConvKey
+from sepconv.service.conv_graphs import ConvGraph, ConvKey
 
 
 @dataclass(frozen=True)

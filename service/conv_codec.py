@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from service.errors import ApiError
+from sepconv.service.errors import ApiError
 
 LIST = "list"
 B64 = "b64"

@@ -1,12 +1,12 @@
-"""The single-op ONNX graph behind a ``/v1/conv/{op}`` request, built with :mod:`export.layers`.
+"""The single-op ONNX graph behind a ``/v1/conv/{op}`` request, built with :mod:`sepconv.export.layers`.
 
 The graph depends on shapes and arguments only: the filters and the bias are graph *inputs*
-(:class:`export.layers.GraphWeight`), so one graph — and one ONNX Runtime session — serves every request
+(:class:`sepconv.export.layers.GraphWeight`), so one graph — and one ONNX Runtime session — serves every request
 with the same :class:`ConvKey`, whatever the filter values. The batch axis is symbolic.
 
 Graph inputs: ``input`` (in ``data_format``), ``filter`` (conv2d, depthwise_conv2d) or
 ``depthwise_filter`` + ``pointwise_filter`` (separable_conv2d), optionally ``bias``; output ``output``.
-Params and multiply-adds come from the layers' own accounting (:class:`export.graph.LayerInfo`).
+Params and multiply-adds come from the layers' own accounting (:class:`sepconv.export.graph.LayerInfo`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import math
 from dataclasses import dataclass
 
 import onnx
-
-from export import layers
-from export.graph import GraphBuilder
+from sepconv.export import layers
+from sepconv.export.graph import GraphBuilder
 
 OPS = ("conv2d", "depthwise_conv2d", "separable_conv2d")
 OPSET = 17

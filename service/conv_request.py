@@ -1,8 +1,8 @@
 """Reading a ``/v1/conv/{op}`` body into a :class:`ConvCall`, with the checks a TensorFlow user expects.
 
 Only shapes are looked at here (no tensor is decoded): the result says which graph the request needs
-(:class:`~service.conv_graphs.ConvKey`) and which tensors to decode once the size limits have passed.
-Strides, dilations and padding are read by :mod:`export.padding`, the same rules the networks use.
+(:class:`~sepconv.service.conv_graphs.ConvKey`) and which tensors to decode once the size limits have passed.
+Strides, dilations and padding are read by :mod:`sepconv.export.padding`, the same rules the networks use.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from export.errors import ExportError
-from export.layers import ACTIVATIONS, LAYOUTS
-from export.padding import resolve_padding, spatial_pair
-from service.conv_codec import TensorRef, peek
-from service.conv_graphs import OPS, ConvKey
-from service.errors import ApiError
+from sepconv.export.errors import ExportError
+from sepconv.export.layers import ACTIVATIONS, LAYOUTS
+from sepconv.export.padding import resolve_padding, spatial_pair
+from sepconv.service.conv_codec import TensorRef, peek
+from sepconv.service.conv_graphs import OPS, ConvKey
+from sepconv.service.errors import ApiError
 
 _COMMON = {"input", "bias", "strides", "padding", "dilations", "rate", "data_format", "activation", "provider",
            "name"}

@@ -13,12 +13,11 @@ import logging
 import re
 from typing import Any
 
+from sepconv.service.errors import ApiError, error_response
+from sepconv.service.middleware import BodyTooLarge
+from sepconv.service.repository import check_version
+from sepconv.service.v2_api import handle_infer, router
 from starlette.requests import ClientDisconnect, Request
-
-from service.errors import ApiError, error_response
-from service.middleware import BodyTooLarge
-from service.repository import check_version
-from service.v2_api import handle_infer, router
 
 log = logging.getLogger("sepconv.errors")
 

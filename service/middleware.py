@@ -15,8 +15,7 @@ import time
 from typing import Any
 
 import orjson
-
-from service import metrics
+from sepconv.service import metrics
 
 access_log = logging.getLogger("sepconv.access")
 

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import pbtxt
-from service.datatypes import CONFIG_TO_V2, ORT_TO_V2, V2_TO_CONFIG
+from sepconv.service import pbtxt
+from sepconv.service.datatypes import CONFIG_TO_V2, ORT_TO_V2, V2_TO_CONFIG
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

@@ -5,9 +5,8 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter
+from sepconv.service import metrics
 from starlette.responses import HTMLResponse, Response
-
-from service import metrics
 
 router = APIRouter(tags=["operations"])
 
@@ -20,5 +19,5 @@ async def prometheus_metrics() -> Response:
 
 @router.get("/", include_in_schema=False)
 async def dashboard() -> HTMLResponse:
-    html = resources.files("service").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+    html = resources.files("sepconv.service").joinpath("static/dashboard.html").read_text(encoding="utf-8")
     return HTMLResponse(html)

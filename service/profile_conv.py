@@ -1,6 +1,6 @@
 """``/v1/profile/conv``: standard vs depthwise vs pointwise vs separable for one configuration.
 
-Each variant is a one-layer graph built with :mod:`export.layers` (so padding, strides, dilations and
+Each variant is a one-layer graph built with :mod:`sepconv.export.layers` (so padding, strides, dilations and
 the params/MAC accounting are the exporter's own), run in its own session with inputs bound on the
 device. The four are timed interleaved (one run of each per round) so that load changes on the
 machine hit all of them alike; ``measured_ratio`` = separable p50 / standard p50, next to
@@ -16,16 +16,15 @@ from typing import Any
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
-
-from export import layers as L
-from export.errors import ExportError
-from export.graph import GraphBuilder
-from export.padding import conv_output_hw, resolve_padding, spatial_pair
-from service.errors import ApiError
-from service.profile_timing import BoundRun, random_feeds
-from service.profile_trace import summarize
-from service.profiler import _session, check_compute, check_provider, check_runs, with_threads
-from service.settings import Settings
+from sepconv.export import layers as L
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import GraphBuilder
+from sepconv.export.padding import conv_output_hw, resolve_padding, spatial_pair
+from sepconv.service.errors import ApiError
+from sepconv.service.profile_timing import BoundRun, random_feeds
+from sepconv.service.profile_trace import summarize
+from sepconv.service.profiler import _session, check_compute, check_provider, check_runs, with_threads
+from sepconv.service.settings import Settings
 
 VARIANTS = ("standard", "depthwise", "pointwise", "separable")
 

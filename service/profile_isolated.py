@@ -18,8 +18,7 @@ from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
-
-from service.profile_timing import BoundRun, random_feeds
+from sepconv.service.profile_timing import BoundRun, random_feeds
 
 
 @dataclass

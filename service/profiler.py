@@ -8,9 +8,9 @@ Methods (the response's ``method`` says which one produced the numbers):
 
 * ``trace`` (CPU default): a session with ``enable_profiling``; ``warmup + runs`` runs; ORT's
   Chrome trace gives each runtime node's kernel time per run; nodes map back to exporter layers
-  (:mod:`service.profile_trace`); per layer p50/p90 over the runs (warm-up runs dropped).
+  (:mod:`sepconv.service.profile_trace`); per layer p50/p90 over the runs (warm-up runs dropped).
 * ``isolated`` (CUDA default, where trace times are launch times): each layer as its own graph, timed
-  with I/O binding and device synchronisation (:mod:`service.profile_isolated`).
+  with I/O binding and device synchronisation (:mod:`sepconv.service.profile_isolated`).
 
 End-to-end latency always comes from a separate session without profiling (inputs bound on the
 device), run after the per-layer measurement.
@@ -37,14 +37,13 @@ from typing import Any, Literal
 import onnx
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
-
-from service import profile_trace as pt
-from service.errors import ApiError
-from service.profile_isolated import layer_graphs, time_layers
-from service.profile_layers import KINDS, layer_table
-from service.profile_timing import CUDA, BoundRun, random_feeds
-from service.runtime import ProviderError, available_providers, make_session, session_options
-from service.settings import Settings
+from sepconv.service import profile_trace as pt
+from sepconv.service.errors import ApiError
+from sepconv.service.profile_isolated import layer_graphs, time_layers
+from sepconv.service.profile_layers import KINDS, layer_table
+from sepconv.service.profile_timing import CUDA, BoundRun, random_feeds
+from sepconv.service.runtime import ProviderError, available_providers, make_session, session_options
+from sepconv.service.settings import Settings
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": [CUDA, "CPUExecutionProvider"]}
 METHODS = ("auto", "trace", "isolated")

@@ -18,13 +18,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
-
-from service.errors import ApiError
-from service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
-from service.profile_layers import SUMMARY_KEY, graph_summary, public_summary
-from service.profiler import ProfileGate, ProfileRequest, TraceStore, check_request, profile_model
-from service.request_body import read_body
-from service.settings import Settings, get_settings
+from sepconv.service.errors import ApiError
+from sepconv.service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
+from sepconv.service.profile_layers import SUMMARY_KEY, graph_summary, public_summary
+from sepconv.service.profiler import ProfileGate, ProfileRequest, TraceStore, check_request, profile_model
+from sepconv.service.request_body import read_body
+from sepconv.service.settings import Settings, get_settings
 
 router = APIRouter(tags=["profiling"])
 _init_lock = threading.Lock()

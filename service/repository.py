@@ -7,7 +7,7 @@ Layout::
 
 ``ModelRepository.get(name, version=None)`` returns a :class:`LoadedModel` — ``.name``, ``.version``,
 ``.path`` (the model.onnx), ``.session`` (ORT ``InferenceSession``), ``.metadata`` (ONNX metadata_props),
-``.max_batch_size``, ``.config`` (:class:`~service.model_config.ModelConfig`), ``.providers`` (what the
+``.max_batch_size``, ``.config`` (:class:`~sepconv.service.model_config.ModelConfig`), ``.providers`` (what the
 session really runs on) — or raises ``ApiError`` 404 (unknown model/version) / 503 (not ready).
 Other parts of the service (profiling, dashboard) use exactly that.
 
@@ -30,12 +30,11 @@ from typing import Any
 
 import onnx
 import onnxruntime as ort
-
-from service.errors import ApiError
-from service.model_config import ConfigError, InstanceGroup, ModelConfig, complete_config, parse_config
-from service.runtime import ProviderError, make_session, resolve_providers, wants_gpu
-from service.settings import Settings
-from service.stats import ModelStats
+from sepconv.service.errors import ApiError
+from sepconv.service.model_config import ConfigError, InstanceGroup, ModelConfig, complete_config, parse_config
+from sepconv.service.runtime import ProviderError, make_session, resolve_providers, wants_gpu
+from sepconv.service.settings import Settings
+from sepconv.service.stats import ModelStats
 
 log = logging.getLogger("sepconv.repository")
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Request
-
-from service.errors import ApiError
+from sepconv.service.errors import ApiError
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:

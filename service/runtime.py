@@ -3,7 +3,7 @@
 * :func:`available_providers` — what this onnxruntime build offers.
 * :func:`resolve_providers` — turn ``"auto" | "cpu" | "cuda" | "A,B" | [names]`` into ORT provider names.
 * :func:`make_session` — an ``InferenceSession`` with graph optimisation, threads and arena options from
-  :class:`~service.settings.Settings`; afterwards it checks ``get_providers()``: when CUDA was asked for
+  :class:`~sepconv.service.settings.Settings`; afterwards it checks ``get_providers()``: when CUDA was asked for
   and the session runs on CPU only, ``strict_providers`` raises :class:`ProviderError` (a clear load
   failure), otherwise a warning is logged.
 
@@ -17,9 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import onnxruntime as ort
-
-from service.errors import ApiError
-from service.settings import Settings
+from sepconv.service.errors import ApiError
+from sepconv.service.settings import Settings
 
 log = logging.getLogger("sepconv.runtime")
 

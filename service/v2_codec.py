@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from service.datatypes import V2_TO_NUMPY, element_size
-from service.errors import ApiError
+from sepconv.service.datatypes import V2_TO_NUMPY, element_size
+from sepconv.service.errors import ApiError
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 

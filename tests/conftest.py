@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from sepconv.export import layers as L
+from sepconv.export.graph import GraphBuilder, supported_ir_version
 
-from export import layers as L
-from export.graph import GraphBuilder, supported_ir_version
 from tests.serving import running_server
 
 CNN_SHAPE = (8, 8, 3)
@@ -158,8 +158,8 @@ def fresh_repo(tmp_path: Path, model_repo: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_repo: Path):
-    from service.app import create_app
-    from service.settings import Settings
+    from sepconv.service.app import create_app
+    from sepconv.service.settings import Settings
 
     app = create_app(Settings(repo=model_repo, providers="cpu", max_request_bytes=4 * 1024 * 1024,
                               admin_token=None, access_log=False))

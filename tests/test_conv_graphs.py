@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from export import layers
-from export.errors import ExportError
-from export.graph import GraphBuilder
-from service.conv_cache import CompiledConv, ConvCache
-from service.conv_graphs import ConvKey, build
+from sepconv.export import layers
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import GraphBuilder
+from sepconv.service.conv_cache import CompiledConv, ConvCache
+from sepconv.service.conv_graphs import ConvKey, build
 
 
 def _session(b: GraphBuilder) -> ort.InferenceSession:

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import onnxruntime as ort
 import pytest
+from sepconv.export import layers as L
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import GraphBuilder
 
-from export import layers as L
-from export.errors import ExportError
-from export.graph import GraphBuilder
 from tests.fixtures import reference
 from tests.numpy_reference import (
     conv2d_nhwc,
@@ -298,7 +298,7 @@ def test_bad_layer_arguments_raise_export_error(op, filters, kw, message):
 # --------------------------------------------------------------------------------------------
 def _explicit_pads(case, x_shape):
     """The padding case as [[top, bottom], [left, right]]."""
-    from export.padding import resolve_padding  # noqa: PLC0415 - only for translating into the frameworks
+    from sepconv.export.padding import resolve_padding  # noqa: PLC0415 - only for translating into the frameworks
 
     pads = resolve_padding(case["padding"], x_shape[1:3], case["k"], case["s"], case["d"])
     return [[pads.top, pads.bottom], [pads.left, pads.right]]

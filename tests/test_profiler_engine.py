@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from export import layers as L
-from export.graph import GraphBuilder
-from export.networks import build_network
-from service import profile_trace as pt
-from service.errors import ApiError
-from service.profile_isolated import layer_graphs
-from service.profiler import ProfileRequest, TraceStore, profile_model
-from service.settings import Settings
+from sepconv.export import layers as L
+from sepconv.export.graph import GraphBuilder
+from sepconv.export.networks import build_network
+from sepconv.service import profile_trace as pt
+from sepconv.service.errors import ApiError
+from sepconv.service.profile_isolated import layer_graphs
+from sepconv.service.profiler import ProfileRequest, TraceStore, profile_model
+from sepconv.service.settings import Settings
 
 
 @pytest.fixture()

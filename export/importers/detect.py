@@ -7,7 +7,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-from export.errors import ExportError
+from sepconv.export.errors import ExportError
 
 HDF5 = "hdf5"  # keras-applications HDF5 or Keras 3 .weights.h5
 KERAS_ZIP = "keras-zip"  # a Keras 3 .keras archive (model.weights.h5 inside)

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from export.errors import ExportError
-from export.importers.schema import KERAS_VARIABLES, keras3_group_names
-from export.importers.store import KERAS, WeightFile
+from sepconv.export.errors import ExportError
+from sepconv.export.importers.schema import KERAS_VARIABLES, keras3_group_names
+from sepconv.export.importers.store import KERAS, WeightFile
 
 _KNOWN = {"kernel", "depthwise_kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"}
 _KERAS3_ROOTS = ("layers", "_layer_checkpoint_dependencies")  # the second is Keras 2.13's spelling

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from export.errors import ExportError
-from export.importers import detect
-from export.importers.schema import TOP_LAYERS, infer_alpha, infer_classes, keras_layers
-from export.importers.source import ImportedWeights
-from export.importers.store import KERAS, WeightFile
-from export.importers.torchvision_map import TORCHVISION_BN_EPSILON, map_torchvision
-from export.networks import KERAS_PREPROCESSING
-from export.repository import set_metadata
+from sepconv.export.errors import ExportError
+from sepconv.export.importers import detect
+from sepconv.export.importers.schema import TOP_LAYERS, infer_alpha, infer_classes, keras_layers
+from sepconv.export.importers.source import ImportedWeights
+from sepconv.export.importers.store import KERAS, WeightFile
+from sepconv.export.importers.torchvision_map import TORCHVISION_BN_EPSILON, map_torchvision
+from sepconv.export.networks import KERAS_PREPROCESSING
+from sepconv.export.repository import set_metadata
 
 KERAS_BN_EPSILON = 1e-3
 KERAS_V3_PREPROCESSING = ("scale RGB pixels to [-1, 1]: x / 127.5 - 1 (what the Keras model's own Rescaling "
@@ -30,7 +30,7 @@ def load_weights(path: str | Path, *, arch: str, alpha: float | None = None, res
     ``.keras`` archive), a PyTorch ``state_dict`` in torchvision's naming (``.pth``/``.pt``) or
     ``.safetensors``. Raises :class:`ExportError` for a file that does not fit.
     """
-    from export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import ARCHS  # noqa: PLC0415
 
     if arch not in ARCHS:
         raise ExportError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -65,11 +65,11 @@ def read_weight_file(path: Path, arch: str) -> WeightFile:
     """Detect the format and read the file into Keras names and layouts."""
     fmt = detect.detect_format(path)
     if fmt in (detect.HDF5, detect.KERAS_ZIP):
-        from export.importers.keras_h5 import read_keras_h5  # noqa: PLC0415
+        from sepconv.export.importers.keras_h5 import read_keras_h5  # noqa: PLC0415
 
         wf = read_keras_h5(path, arch, inside_zip=fmt == detect.KERAS_ZIP)
     else:
-        from export.importers.torch_files import read_safetensors, read_torch_file  # noqa: PLC0415
+        from sepconv.export.importers.torch_files import read_safetensors, read_torch_file  # noqa: PLC0415
 
         state = read_safetensors(path) if fmt == detect.SAFETENSORS else read_torch_file(path)
         wf = map_torchvision(state, arch, path.name)
@@ -81,7 +81,7 @@ def read_weight_file(path: Path, arch: str) -> WeightFile:
 
 def _check_arch(wf: WeightFile, arch: str, path: Path) -> None:
     """Refuse, before any build, a file that plainly holds another architecture's weights."""
-    from export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import ARCHS  # noqa: PLC0415
 
     def score(a: str) -> float:
         top = set(TOP_LAYERS[a])
@@ -103,7 +103,7 @@ def build_imported(path: str | Path, arch: str, *, alpha: float | None = None, r
                    input_layout: str = "NCHW", fold_bn: bool = True, opset: int = 17) -> tuple[Any, ImportedWeights]:
     """Import and build in memory: the network (padding, alpha, classes chosen from the file where not given),
     validated against the file (no unused tensors unless ``allow_unused``). Nothing is written."""
-    from export.networks import build_network  # noqa: PLC0415
+    from sepconv.export.networks import build_network  # noqa: PLC0415
 
     weights = load_weights(path, arch=arch, alpha=alpha, resolution=resolution, classes=classes,
                            include_top=include_top, allow_unused=allow_unused)

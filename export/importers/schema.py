@@ -1,6 +1,6 @@
 """What each architecture asks of a weights file, learnt from the network builder itself.
 
-The builders in :mod:`export.networks` request weights by Keras layer name in Keras' layer order,
+The builders in :mod:`sepconv.export.networks` request weights by Keras layer name in Keras' layer order,
 so one dry run (zeros, no ONNX checks) gives the layer names, their Keras classes and the order
 Keras 3 uses to name its ``.weights.h5`` groups (``conv2d``, ``conv2d_1``, ...). Alpha and the
 number of classes are then read back from a file's tensor shapes.
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-
-from export.importers.store import WeightFile
+from sepconv.export.importers.store import WeightFile
 
 # Keras class (snake case, as Keras 3 names the groups) -> its variables in order.
 KERAS_VARIABLES: dict[str, tuple[str, ...]] = {
@@ -64,7 +63,7 @@ class _Recorder:
 @lru_cache(maxsize=8)
 def keras_layers(arch: str, include_top: bool = True) -> tuple[KerasLayer, ...]:
     """The weighted Keras layers of ``arch``, in Keras' order (alpha does not change them)."""
-    from export.networks import network_layers  # noqa: PLC0415 - networks import onnx; keep this module light
+    from sepconv.export.networks import network_layers  # noqa: PLC0415 - networks import onnx; keep this module light
 
     rec = _Recorder()
     network_layers(arch, alpha=1.0, resolution=32, classes=2, include_top=include_top, weights=rec)
@@ -101,7 +100,7 @@ def keras3_group_names(arch: str) -> dict[str, str]:
 
 def guess_arch(layer_names: set[str]) -> tuple[str | None, float]:
     """The architecture whose Keras layer names best cover the file's, and that fraction."""
-    from export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import ARCHS  # noqa: PLC0415
 
     best, best_score = None, 0.0
     if not layer_names:
@@ -115,7 +114,7 @@ def guess_arch(layer_names: set[str]) -> tuple[str | None, float]:
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:
-    from export.networks.common import make_divisible  # noqa: PLC0415
+    from sepconv.export.networks.common import make_divisible  # noqa: PLC0415
 
     return make_divisible(v, divisor)
 

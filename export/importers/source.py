@@ -1,4 +1,4 @@
-"""The imported weights as a :class:`~export.weights.WeightSource`, checking every tensor the
+"""The imported weights as a :class:`~sepconv.export.weights.WeightSource`, checking every tensor the
 network asks for and keeping the import report."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from export.errors import ExportError
-from export.importers.schema import TOP_LAYERS, guess_arch
-from export.importers.store import TORCHVISION, WeightFile
+from sepconv.export.errors import ExportError
+from sepconv.export.importers.schema import TOP_LAYERS, guess_arch
+from sepconv.export.importers.store import TORCHVISION, WeightFile
 
 
 def fmt_shape(shape: tuple[int, ...]) -> str:
@@ -46,7 +45,7 @@ class ImportReport:
 
 
 class ImportedWeights:
-    """A :class:`~export.weights.WeightSource` over a weights file already read and mapped to Keras names.
+    """A :class:`~sepconv.export.weights.WeightSource` over a weights file already read and mapped to Keras names.
 
     ``get`` raises :class:`ExportError` naming the first tensor that does not fit; ``finish``
     (after the network is built) refuses a file with tensors the network never asked for.

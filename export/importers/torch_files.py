@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from export.errors import ExportError
+from sepconv.export.errors import ExportError
 
 # Checkpoints often wrap the state_dict: {"state_dict": {...}, "epoch": 3, ...}.
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module")

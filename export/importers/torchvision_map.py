@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from export.errors import ExportError
-from export.importers.store import TORCHVISION, WeightFile
+from sepconv.export.errors import ExportError
+from sepconv.export.importers.store import TORCHVISION, WeightFile
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 # torchvision's BatchNorm epsilon: V2 uses PyTorch's default, V3 sets 0.001.

@@ -12,16 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
-
-from export import layers as L
-from export.errors import ExportError
-from export.graph import GraphBuilder, LayerInfo
-from export.networks.common import PADDING_STYLES, NetContext, make_divisible
-from export.networks.mobilenet_v1 import build_v1
-from export.networks.mobilenet_v2 import build_v2
-from export.networks.mobilenet_v3 import build_v3
-from export.summary import summary_dict
-from export.weights import RandomWeights, WeightSource
+from sepconv.export import layers as L
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import GraphBuilder, LayerInfo
+from sepconv.export.networks.common import PADDING_STYLES, NetContext, make_divisible
+from sepconv.export.networks.mobilenet_v1 import build_v1
+from sepconv.export.networks.mobilenet_v2 import build_v2
+from sepconv.export.networks.mobilenet_v3 import build_v3
+from sepconv.export.summary import summary_dict
+from sepconv.export.weights import RandomWeights, WeightSource
 
 ARCHS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 INPUT_NAME = "input"

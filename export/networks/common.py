@@ -11,12 +11,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from export import layers as L
-from export.errors import ExportError
-from export.graph import GraphBuilder, Tensor
-from export.padding import PaddingSpec
-from export.weights import WeightSource
+from sepconv.export import layers as L
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import GraphBuilder, Tensor
+from sepconv.export.padding import PaddingSpec
+from sepconv.export.weights import WeightSource
 
 PADDING_STYLES = ("same", "symmetric")
 MAX_WEIGHTS = 2**31 // 4  # float32 values in 2 GiB, the most one ONNX (protobuf) file can hold

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from export import layers as L
-from export.graph import Tensor
-from export.networks.common import NetContext
+from sepconv.export import layers as L
+from sepconv.export.graph import Tensor
+from sepconv.export.networks.common import NetContext
 
 # Table 1 of the paper. ("conv", stride, filters) is the full 3x3 stem; ("dw", stride, filters)
 # is one depthwise-separable block: 3x3 depthwise with that stride, then 1x1 pointwise to

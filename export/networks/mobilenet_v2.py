@@ -6,9 +6,9 @@ first bottleneck, ``block_N_expand``/``_depthwise``/``_project`` (+ ``_BN``), ``
 
 from __future__ import annotations
 
-from export import layers as L
-from export.graph import Tensor
-from export.networks.common import NetContext, make_divisible
+from sepconv.export import layers as L
+from sepconv.export.graph import Tensor
+from sepconv.export.networks.common import NetContext, make_divisible
 
 # Table 2: each row is a sequence of `n` bottlenecks with expansion `t`, `c` output channels, the
 # first one with stride `s` (the others stride 1).

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from export import layers as L
-from export.graph import Tensor
-from export.networks.common import NetContext, make_divisible
+from sepconv.export import layers as L
+from sepconv.export.graph import Tensor
+from sepconv.export.networks.common import NetContext, make_divisible
 
 
 class Bneck(NamedTuple):
