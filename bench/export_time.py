@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sepconv.export.catalog import ExportRequest, export  # noqa: E402
 from sepconv.export.graph import check_and_infer  # noqa: E402
 from sepconv.export.networks import NetworkConfig, _build_graph  # noqa: E402
-from sepconv.export.repository import atomic_write  # noqa: E402
+from sepconv.export.repository.catalog import ExportRequest, export  # noqa: E402
+from sepconv.export.repository.writer import atomic_write  # noqa: E402
 from sepconv.export.weights import RandomWeights  # noqa: E402
 
 

@@ -59,7 +59,7 @@ def prepare_repo(model: str, repo: Path) -> Path:
     if (existing / "1" / "model.onnx").is_file() and (existing / "config.pbtxt").is_file():
         shutil.copytree(existing, repo / model)
         return repo / model / "1" / "model.onnx"
-    from sepconv.export.catalog import export, load_catalog
+    from sepconv.export.repository.catalog import export, load_catalog
 
     _, requests = load_catalog(ROOT / "models" / "catalog.toml")
     request = next((r for r in requests if r.model_name == model), None)

@@ -92,8 +92,8 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,
 ) -> None:
     """Write REPO/NAME/VERSION/model.onnx and REPO/NAME/config.pbtxt; prints the model path."""
-    from sepconv.export.catalog import DEFAULT_CATALOG, ExportRequest  # noqa: PLC0415
-    from sepconv.export.catalog import export as export_one  # noqa: PLC0415
+    from sepconv.export.repository.catalog import DEFAULT_CATALOG, ExportRequest  # noqa: PLC0415
+    from sepconv.export.repository.catalog import export as export_one  # noqa: PLC0415
 
     if catalog:
         _export_catalog(Path(arch) if arch else DEFAULT_CATALOG, repo, force)
@@ -120,8 +120,8 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
-    from sepconv.export.catalog import export as export_one  # noqa: PLC0415
-    from sepconv.export.catalog import load_catalog  # noqa: PLC0415
+    from sepconv.export.repository.catalog import export as export_one  # noqa: PLC0415
+    from sepconv.export.repository.catalog import load_catalog  # noqa: PLC0415
 
     try:
         catalog_repo, requests = load_catalog(path)

@@ -29,11 +29,11 @@ from typing import Any
 from fastapi import FastAPI
 from sepconv.service import conv_api, ops_api, profiling_api, v2_api
 from sepconv.service.batcher import Scheduler
-from sepconv.service.errors import install_error_handlers
 from sepconv.service.fastpath import InferFastPath
 from sepconv.service.metrics import BATCH_SIZE, INFER_COMPUTE, INFER_LATENCY, INFER_QUEUE, INFER_REQUESTS, MODEL_READY
 from sepconv.service.middleware import InFlight, ServiceMiddleware
 from sepconv.service.repository import LoadedModel, ModelRepository
+from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.settings import Settings, get_settings
 
 from sepconv import __version__

@@ -26,10 +26,11 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from sepconv.export import single_op as conv_graphs
 from sepconv.export.errors import ExportError
-from sepconv.service import conv_codec, conv_graphs
+from sepconv.export.single_op import ConvGraph, ConvKey
+from sepconv.service import conv_codec
 from sepconv.service.conv_cache import CompiledConv, ConvCache
-from sepconv.service.conv_graphs import ConvGraph, ConvKey
 from sepconv.service.conv_request import ConvCall, parse
 from sepconv.service.errors import ApiError
 from sepconv.service.runtime import make_session, resolve_providers

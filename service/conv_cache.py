@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sepconv.service.conv_graphs import ConvGraph, ConvKey
+from sepconv.export.single_op import ConvGraph, ConvKey
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Reading a ``/v1/conv/{op}`` body into a :class:`ConvCall`, with the checks a TensorFlow user expects.
 
 Only shapes are looked at here (no tensor is decoded): the result says which graph the request needs
-(:class:`~sepconv.service.conv_graphs.ConvKey`) and which tensors to decode once the size limits have passed.
+(:class:`~sepconv.export.single_op.ConvKey`) and which tensors to decode once the size limits have passed.
 Strides, dilations and padding are read by :mod:`sepconv.export.padding`, the same rules the networks use.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from sepconv.export.errors import ExportError
 from sepconv.export.layers import ACTIVATIONS, LAYOUTS
 from sepconv.export.padding import resolve_padding, spatial_pair
+from sepconv.export.single_op import OPS, ConvKey
 from sepconv.service.conv_codec import TensorRef, peek
-from sepconv.service.conv_graphs import OPS, ConvKey
 from sepconv.service.errors import ApiError
 
 _COMMON = {"input", "bias", "strides", "padding", "dilations", "rate", "data_format", "activation", "provider",

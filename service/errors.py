@@ -1,91 +1,113 @@
-"""One error shape for every route: ``{"error": "..."}`` with a fitting status code.
+"""Typed domain errors of the service, independent of any transport.
 
-Raise :class:`ApiError` anywhere in a request handler (or in code a handler calls) to answer a
-client with a 4xx/5xx; :func:`install_error_handlers` maps FastAPI's own errors (validation,
-malformed JSON, unknown routes, wrong methods) onto the same shape. An unexpected exception is
-logged with its traceback and answered 500 ``{"error": ...}`` — a client's mistake must never get there.
+Code below the transports (data plane, registry, runtime, conv and profiling engines) raises these;
+each transport maps them to its own status codes in one table (REST: :mod:`sepconv.service.rest.errors`,
+``HTTP_STATUS``; gRPC will map the same classes to gRPC codes). A message is always for the client: say
+what was wrong and what to do, never a traceback or a server path.
+
+==========================  ================================================  ====  ==================
+class                       meaning                                            HTTP  gRPC
+==========================  ================================================  ====  ==================
+``InvalidInput``            the request is malformed or does not fit            400  INVALID_ARGUMENT
+``Unprocessable``           well-formed, but a field's value is not valid       422  INVALID_ARGUMENT
+``NotFound``                no such route target (trace, version, region)       404  NOT_FOUND
+``ModelNotFound``           no such model                                       404  NOT_FOUND
+``ModelNotReady``           the model exists but is not READY                   503  UNAVAILABLE
+``Unavailable``             the server cannot serve this now (unloading, ...)   503  UNAVAILABLE
+``TooLarge``                over a configured size or compute limit             413  RESOURCE_EXHAUSTED
+``Busy``                    one-at-a-time work already running (retry later)    429  RESOURCE_EXHAUSTED
+``Overloaded``              a shared budget is spent (retry later)              503  UNAVAILABLE
+``Unauthenticated``         credentials missing                                 401  UNAUTHENTICATED
+``PermissionDenied``        credentials given but not accepted                  403  PERMISSION_DENIED
+``UnsupportedMediaType``    a body encoding or content type not handled         415  INVALID_ARGUMENT
+``NotSupported``            a protocol feature this server does not offer       400  UNIMPLEMENTED
+``InternalError``           the server failed (a bug or a broken runtime)       500  INTERNAL
+==========================  ================================================  ====  ==================
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response
+class ServiceError(Exception):
+    """Base of every error answered to a client. ``retry_after`` (seconds) tells a client when to retry."""
 
-log = logging.getLogger("sepconv.errors")
+    retry_after: float | None = None
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = str(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class InvalidInput(ServiceError):
+    """The request is malformed or does not fit the model / operation."""
+
+
+class Unprocessable(InvalidInput):
+    """The body is well-formed, but a field's value is not valid (FastAPI's 422)."""
+
+
+class NotFound(ServiceError):
+    """The thing the request names does not exist (a version, a trace, a region)."""
+
+
+class ModelNotFound(NotFound):
+    """No model of that name in the repository."""
+
+
+class ModelNotReady(ServiceError):
+    """The model exists but no version of it (or not the one asked for) is READY."""
+
+
+class Unavailable(ServiceError):
+    """The server cannot serve this request now (model being unloaded, provider not usable, shutting down)."""
+
+
+class TooLarge(ServiceError):
+    """The request is over a configured size or compute limit."""
+
+
+class Busy(ServiceError):
+    """Work that runs one at a time is already running; retry later."""
+
+    retry_after = 1.0
+
+
+class Overloaded(ServiceError):
+    """A budget shared by all requests is spent; retry shortly."""
+
+    retry_after = 1.0
+
+
+class Unauthenticated(ServiceError):
+    """The operation needs credentials the request did not carry."""
+
+
+class PermissionDenied(ServiceError):
+    """The credentials were not accepted."""
+
+
+class UnsupportedMediaType(ServiceError):
+    """A content type or encoding the server does not handle."""
+
+
+class NotSupported(ServiceError):
+    """A protocol feature this server does not offer (answered 400 over REST as Triton does)."""
+
+
+class InternalError(ServiceError):
+    """The server failed; not the client's fault."""
 
 
 class ApiError(Exception):
-    """An error answered to the client as ``{"error": message}`` with ``status_code``."""
+    """TRANSITIONAL (being removed by the redesign): an error carrying an HTTP status. Use the typed errors above."""
 
     def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status_code = int(status_code)
         self.message = str(message)
         self.headers = headers
-
-    def __repr__(self) -> str:
-        return f"ApiError({self.status_code}, {self.message!r})"
-
-
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    """The JSON error response (also usable directly from pure ASGI code)."""
-    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
-
-
-def _format_location(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) if parts else "body"
-
-
-def describe_validation_error(exc: RequestValidationError) -> tuple[int, str]:
-    """(status, message) for a FastAPI validation error: malformed JSON -> 400, the rest -> 422."""
-    errors = exc.errors()
-    for err in errors:
-        if err.get("type") in ("json_invalid", "json_type"):
-            ctx = err.get("ctx") or {}
-            detail = ctx.get("error") or err.get("msg") or "invalid JSON"
-            return 400, f"malformed JSON body: {detail}"
-    messages = []
-    for err in errors[:5]:
-        messages.append(f"{_format_location(err.get('loc', ()))}: {err.get('msg', 'invalid value')}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return 422, "invalid request: " + "; ".join(messages) + more
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error of ``app`` answer ``{"error": "..."}``."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
-        return error_response(exc.status_code, exc.message, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        status, message = describe_validation_error(exc)
-        return error_response(status, message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404 and exc.detail in (None, "Not Found"):
-            message = f"no route {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            message = f"method {request.method} not allowed on {request.url.path}"
-        else:
-            message = str(exc.detail)
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def _disconnected(request: Request, _: ClientDisconnect) -> Response:
-        log.info("client disconnected during %s %s", request.method, request.url.path)
-        return error_response(400, "the client disconnected before sending the whole body")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")

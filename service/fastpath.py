@@ -13,9 +13,10 @@ import logging
 import re
 from typing import Any
 
-from sepconv.service.errors import ApiError, error_response
+from sepconv.service.errors import ApiError
 from sepconv.service.middleware import BodyTooLarge
 from sepconv.service.repository import check_version
+from sepconv.service.rest.errors import error_response
 from sepconv.service.v2_api import handle_infer, router
 from starlette.requests import ClientDisconnect, Request
 

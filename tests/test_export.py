@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from sepconv.export.catalog import DEFAULT_CATALOG, ExportRequest, export, load_catalog
 from sepconv.export.errors import ExportError
 from sepconv.export.networks import build_network
-from sepconv.export.repository import DynamicBatching, config_pbtxt, write_model
+from sepconv.export.repository.catalog import DEFAULT_CATALOG, ExportRequest, export, load_catalog
+from sepconv.export.repository.layout import DynamicBatching
+from sepconv.export.repository.writer import config_pbtxt, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"arch": "mobilenet_v2", "alpha": 0.35, "resolution": 96}

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from sepconv.export.networks import build_network
-from sepconv.export.repository import write_model
+from sepconv.export.repository.writer import write_model
 from sepconv.export.summary import by_kind as exporter_by_kind
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings

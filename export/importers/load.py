@@ -13,7 +13,7 @@ from sepconv.export.importers.source import ImportedWeights
 from sepconv.export.importers.store import KERAS, WeightFile
 from sepconv.export.importers.torchvision_map import TORCHVISION_BN_EPSILON, map_torchvision
 from sepconv.export.networks import KERAS_PREPROCESSING
-from sepconv.export.repository import set_metadata
+from sepconv.export.repository.writer import set_metadata
 
 KERAS_BN_EPSILON = 1e-3
 KERAS_V3_PREPROCESSING = ("scale RGB pixels to [-1, 1]: x / 127.5 - 1 (what the Keras model's own Rescaling "

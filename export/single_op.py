@@ -1,4 +1,4 @@
-"""The single-op ONNX graph behind a ``/v1/conv/{op}`` request, built with :mod:`sepconv.export.layers`.
+"""Single-op ONNX graphs (one conv2d / depthwise_conv2d / separable_conv2d), built with :mod:`sepconv.export.layers`, for `/v1/conv` and the profiler.
 
 The graph depends on shapes and arguments only: the filters and the bias are graph *inputs*
 (:class:`sepconv.export.layers.GraphWeight`), so one graph — and one ONNX Runtime session — serves every request
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import onnx
 from sepconv.export import layers
 from sepconv.export.graph import GraphBuilder
+from sepconv.export.repository.layout import MetaKey
 
 OPS = ("conv2d", "depthwise_conv2d", "separable_conv2d")
 OPSET = 17
@@ -63,7 +64,7 @@ class ConvGraph:
 
     def to_onnx(self) -> onnx.ModelProto:
         """The checked model (``onnx.checker`` full + strict shape inference)."""
-        return self.builder.to_model(metadata={"sepconv.conv_op": self.key.op})
+        return self.builder.to_model(metadata={MetaKey.CONV_OP: self.key.op})
 
 
 def build(key: ConvKey) -> ConvGraph:

@@ -1,4 +1,5 @@
-"""Write a Triton-layout model repository: ``REPO/NAME/V/model.onnx`` + ``REPO/NAME/config.pbtxt``.
+"""Write models into a Triton-layout repository: ``REPO/NAME/V/model.onnx`` + ``REPO/NAME/config.pbtxt``
+(the rules: :mod:`.layout`).
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
 server scanning the repository never sees half a model. Each model carries an export key in its
@@ -10,69 +11,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 from sepconv.export.errors import ExportError
+from sepconv.export.repository.layout import (
+    CONFIG_FILE,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_VERSION,
+    TEMP_SUFFIX,
+    DynamicBatching,
+    MetaKey,
+    check_max_batch,
+    check_name,
+    check_version,
+    model_path,
+)
 
-DEFAULT_REPO = Path("models")
-DEFAULT_VERSION = 1
-DEFAULT_MAX_BATCH = 8
-MODEL_FILE = "model.onnx"
-CONFIG_FILE = "config.pbtxt"
-EXPORT_KEY = "sepconv.export_key"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_EXPORT_DIR = Path(__file__).resolve().parent
-
-
-@dataclass(frozen=True)
-class DynamicBatching:
-    """Triton's ``dynamic_batching`` block (what the server batches requests by)."""
-
-    preferred_batch_size: tuple[int, ...] = ()
-    max_queue_delay_microseconds: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> DynamicBatching | None:
-        if d is None:
-            return None
-        unknown = set(d) - {"preferred_batch_size", "max_queue_delay_microseconds"}
-        if unknown:
-            raise ExportError(f"dynamic_batching: unknown field(s) {', '.join(sorted(unknown))}")
-        sizes = d.get("preferred_batch_size", [])
-        delay = d.get("max_queue_delay_microseconds", 0)
-        if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 1 for s in sizes):
-            raise ExportError(f"dynamic_batching.preferred_batch_size must be a list of ints >= 1, got {sizes!r}")
-        if not isinstance(delay, int) or delay < 0:
-            raise ExportError(f"dynamic_batching.max_queue_delay_microseconds must be an int >= 0, got {delay!r}")
-        return cls(tuple(sizes), delay)
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
-        raise ExportError(f"model name {name!r} is not allowed: use letters, digits, '_', '.', '-' "
-                          "(no path separators, at most 128 characters)")
-    return name
-
-
-def check_version(version: int) -> int:
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError(f"model version must be an integer >= 1, got {version!r}")
-    return version
-
-
-def check_max_batch(max_batch: int) -> int:
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 0 <= max_batch <= 4096:
-        raise ExportError(f"max batch size must be an integer between 0 and 4096, got {max_batch!r}")
-    return max_batch
-
-
-def model_path(repo: Path, name: str, version: int = DEFAULT_VERSION) -> Path:
-    return Path(repo) / name / str(version) / MODEL_FILE
+_EXPORT_DIR = Path(__file__).resolve().parent.parent  # the whole exporter: its source hashes into the export key
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int]:
@@ -98,12 +56,7 @@ def config_pbtxt(name: str, model: onnx.ModelProto, max_batch: int,
                       f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }" + ("," if i < len(values) - 1 else "")]
         lines.append("]")
     if dynamic_batching is not None and max_batch > 0:
-        lines.append("dynamic_batching {")
-        if dynamic_batching.preferred_batch_size:
-            sizes = ", ".join(str(s) for s in dynamic_batching.preferred_batch_size)
-            lines.append(f"  preferred_batch_size: [ {sizes} ]")
-        lines.append(f"  max_queue_delay_microseconds: {dynamic_batching.max_queue_delay_microseconds}")
-        lines.append("}")
+        lines += dynamic_batching.to_pbtxt()
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +76,7 @@ def export_key(request: dict[str, Any]) -> str:
 
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -160,7 +113,7 @@ def is_up_to_date(repo: Path, name: str, version: int, key: str, config_text: st
     if config_text is not None and cfg.read_text() != config_text:
         return False
     try:
-        return read_metadata(path).get(EXPORT_KEY) == key
+        return read_metadata(path).get(MetaKey.EXPORT_KEY) == key
     except Exception:  # noqa: BLE001 - an unreadable file is simply not up to date
         return False
 

@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sepconv.export.errors import ExportError
-from sepconv.export.repository import (
+from sepconv.export.repository.layout import (
     DEFAULT_MAX_BATCH,
     DEFAULT_REPO,
     DEFAULT_VERSION,
-    EXPORT_KEY,
     DynamicBatching,
+    MetaKey,
     check_max_batch,
     check_name,
     check_version,
+    model_path,
+)
+from sepconv.export.repository.writer import (
     config_pbtxt,
     export_key,
     is_up_to_date,
-    model_path,
     read_metadata,
     write_model,
 )
@@ -103,7 +105,7 @@ def imported_weights_file(repo: Path, name: str, version: int) -> str | None:
     if not path.is_file():
         return None
     try:
-        return read_metadata(path).get("weights_file")
+        return read_metadata(path).get(MetaKey.WEIGHTS_FILE)
     except Exception:  # noqa: BLE001 - an unreadable file holds nothing worth keeping
         return None
 
@@ -156,7 +158,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
         return ExportResult(name, model_path(repo, name, request.version), skipped=True,
                             note=f"kept: holds weights imported from {kept}; --force replaces them with random ones")
     net = build_network(request.arch, weights=source, **request.network_kwargs())
-    extra = {EXPORT_KEY: key}
+    extra = {MetaKey.EXPORT_KEY: key}
     report = None
     if source is not None:
         report = source.finish().text()  # the importer refuses a file with tensors the network never used

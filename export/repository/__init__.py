@@ -1,0 +1,2 @@
+"""The model repository: its rules (:mod:`.layout`), writing models into it (:mod:`.writer`) and the catalog of
+default models (:mod:`.catalog`)."""
