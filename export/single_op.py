@@ -1,4 +1,5 @@
-"""Single-op ONNX graphs (one conv2d / depthwise_conv2d / separable_conv2d), built with :mod:`sepconv.export.layers`, for `/v1/conv` and the profiler.
+"""Single-op ONNX graphs (one conv2d, depthwise_conv2d or separable_conv2d) for `/v1/conv` and the profiler,
+built with :mod:`sepconv.export.layers`.
 
 The graph depends on shapes and arguments only: the filters and the bias are graph *inputs*
 (:class:`sepconv.export.layers.GraphWeight`), so one graph — and one ONNX Runtime session — serves every request
