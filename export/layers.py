@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import BATCH, GraphBuilder, LayerInfo, Tensor, channels_last
 from sepconv.export.padding import PaddingSpec, conv_output_hw, resolve_padding, spatial_pair

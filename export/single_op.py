@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+
 from sepconv.export import layers
 from sepconv.export.graph import GraphBuilder
 from sepconv.export.repository.layout import MetaKey
@@ -38,6 +40,7 @@ class ConvKey:
     activation: str | None
     bias: bool
     providers: tuple[str, ...]
+    kind: str | None = None  # conv2d only: the accounting kind ("standard" / "pointwise"; default by kernel size)
 
 
 @dataclass(frozen=True)
@@ -68,22 +71,32 @@ class ConvGraph:
         return self.builder.to_model(metadata={MetaKey.CONV_OP: self.key.op})
 
 
-def build(key: ConvKey) -> ConvGraph:
-    """Build the graph for ``key`` with the exporter's layers (raises ``ExportError`` for bad shapes)."""
+def build(key: ConvKey, weights: np.random.Generator | None = None) -> ConvGraph:
+    """Build the graph for ``key`` with the exporter's layers (raises ``ExportError`` for bad shapes).
+
+    ``weights=None``: filters and bias are graph inputs (one graph serves any values: ``/v1/conv``);
+    a generator: they are seeded standard-normal constants in the graph, as in a deployed model, so that
+    ONNX Runtime can pre-pack them (the profiler's single-layer graphs)."""
     c, h, w = key.chw
     b = GraphBuilder(f"sepconv_{key.op}", opset=OPSET)
     x = layers.network_input(b, "input", key.data_format, c, h, w)
-    bias = layers.GraphWeight("bias", (_out_channels(key),)) if key.bias else None
+
+    def weight(name: str, shape: tuple[int, ...]) -> layers.GraphWeight | np.ndarray:
+        if weights is None:
+            return layers.GraphWeight(name, shape)
+        return weights.standard_normal(shape).astype(np.float32)
+
+    bias = weight("bias", (_out_channels(key),)) if key.bias else None
     args = dict(bias=bias, strides=list(key.strides), padding=list(key.pads), dilations=list(key.dilations),
                 data_format=key.data_format, act=key.activation)
     if key.op == "conv2d":
-        y = layers.conv2d(b, x, layers.GraphWeight("filter", key.filter_shapes[0]), name="conv2d", **args)
+        y = layers.conv2d(b, x, weight("filter", key.filter_shapes[0]), name="conv2d", kind=key.kind, **args)
     elif key.op == "depthwise_conv2d":
-        y = layers.depthwise_conv2d(b, x, layers.GraphWeight("filter", key.filter_shapes[0]),
+        y = layers.depthwise_conv2d(b, x, weight("filter", key.filter_shapes[0]),
                                     name="depthwise_conv2d", **args)
     elif key.op == "separable_conv2d":
-        y = layers.separable_conv2d(b, x, layers.GraphWeight("depthwise_filter", key.filter_shapes[0]),
-                                    layers.GraphWeight("pointwise_filter", key.filter_shapes[1]),
+        y = layers.separable_conv2d(b, x, weight("depthwise_filter", key.filter_shapes[0]),
+                                    weight("pointwise_filter", key.filter_shapes[1]),
                                     name="separable_conv2d", **args)
     else:
         raise ValueError(f"unknown convolution op {key.op!r}")

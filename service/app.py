@@ -27,16 +27,18 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from sepconv.service import conv_api, ops_api, profiling_api, v2_api
+
+from sepconv import __version__
+from sepconv.service import ops_api, v2_api
 from sepconv.service.batcher import Scheduler
 from sepconv.service.fastpath import InferFastPath
 from sepconv.service.metrics import BATCH_SIZE, INFER_COMPUTE, INFER_LATENCY, INFER_QUEUE, INFER_REQUESTS, MODEL_READY
 from sepconv.service.middleware import InFlight, ServiceMiddleware
 from sepconv.service.repository import LoadedModel, ModelRepository
+from sepconv.service.rest import conv as conv_routes
+from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.settings import Settings, get_settings
-
-from sepconv import __version__
 
 log = logging.getLogger("sepconv.app")
 
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.repository = repository
+    app.state.registry = repository  # the loaded models: .get(name, version=None) -> LoadedModel
     app.state.executor = executor
     app.state.startup_complete = False
     app.state.shutting_down = False
@@ -116,8 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(v2_api.router)
-    app.include_router(conv_api.router)
-    app.include_router(profiling_api.router)
+    conv_routes.attach(app, settings)
+    profiling_routes.attach(app, settings)
+    app.include_router(conv_routes.router)
+    app.include_router(profiling_routes.router)
     app.include_router(ops_api.router)
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)

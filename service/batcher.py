@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from sepconv.service.errors import ApiError
 
 log = logging.getLogger("sepconv.batcher")

@@ -26,6 +26,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+
 from sepconv.export import single_op as conv_graphs
 from sepconv.export.errors import ExportError
 from sepconv.export.single_op import ConvGraph, ConvKey

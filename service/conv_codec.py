@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from sepconv.service.errors import ApiError
 
 LIST = "list"

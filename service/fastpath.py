@@ -13,12 +13,13 @@ import logging
 import re
 from typing import Any
 
+from starlette.requests import ClientDisconnect, Request
+
 from sepconv.service.errors import ApiError
 from sepconv.service.middleware import BodyTooLarge
 from sepconv.service.repository import check_version
 from sepconv.service.rest.errors import error_response
 from sepconv.service.v2_api import handle_infer, router
-from starlette.requests import ClientDisconnect, Request
 
 log = logging.getLogger("sepconv.errors")
 

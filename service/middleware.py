@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import orjson
+
 from sepconv.service import metrics
 
 access_log = logging.getLogger("sepconv.access")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter
-from sepconv.service import metrics
 from starlette.responses import HTMLResponse, Response
+
+from sepconv.service import metrics
 
 router = APIRouter(tags=["operations"])
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
+
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder

@@ -18,6 +18,7 @@ from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
+
 from sepconv.service.profile_timing import BoundRun, random_feeds
 
 

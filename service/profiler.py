@@ -37,6 +37,7 @@ from typing import Any, Literal
 import onnx
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
+
 from sepconv.service import profile_trace as pt
 from sepconv.service.errors import ApiError
 from sepconv.service.profile_isolated import layer_graphs, time_layers

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ValidationError
+
 from sepconv.service.errors import ApiError
 from sepconv.service.profile_conv import ConvProfileRequest, check_conv_request, profile_conv
 from sepconv.service.profile_layers import SUMMARY_KEY, graph_summary, public_summary

@@ -30,6 +30,7 @@ from typing import Any
 
 import onnx
 import onnxruntime as ort
+
 from sepconv.service.errors import ApiError
 from sepconv.service.model_config import ConfigError, InstanceGroup, ModelConfig, complete_config, parse_config
 from sepconv.service.runtime import ProviderError, make_session, resolve_providers, wants_gpu

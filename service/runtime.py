@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import onnxruntime as ort
+
 from sepconv.service.errors import ApiError
 from sepconv.service.settings import Settings
 

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from sepconv import __version__
 from sepconv.service import metrics
 from sepconv.service.errors import ApiError
 from sepconv.service.model_config import ConfigError, config_from_json
 from sepconv.service.repository import READY, LoadedModel, ModelRepository, check_name, check_version
 from sepconv.service.v2_codec import InferRequest, encode_infer_response, parse_infer_request
-from starlette.responses import Response
-
-from sepconv import __version__
 
 log = logging.getLogger("sepconv.v2")
 

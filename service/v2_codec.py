@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from sepconv.service.datatypes import V2_TO_NUMPY, element_size
 from sepconv.service.errors import ApiError
 

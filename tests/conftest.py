@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+
 from sepconv.export import layers as L
 from sepconv.export.graph import GraphBuilder, supported_ir_version
-
 from tests.serving import running_server
 
 CNN_SHAPE = (8, 8, 3)

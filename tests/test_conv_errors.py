@@ -9,9 +9,9 @@ import json
 import httpx
 import numpy as np
 import pytest
+
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-
 from tests.serving import running_server
 
 

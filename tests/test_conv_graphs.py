@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from sepconv.export import layers
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-
 from tests.numpy_reference import conv2d_nhwc, depthwise_conv2d_nhwc, max_rel_err, separable_conv2d_nhwc
 from tests.serving import running_server
 

@@ -291,7 +291,6 @@ def test_healthcheck_script_passes_only_on_a_ready_answer(tmp_path: Path):
     """deploy/healthcheck.py (the Dockerfile's HEALTHCHECK) against a real server: 0 on 200, 1 otherwise."""
     from sepconv.service.app import create_app  # noqa: PLC0415
     from sepconv.service.settings import Settings  # noqa: PLC0415
-
     from tests.serving import free_port, running_server  # noqa: PLC0415
 
     with running_server(create_app(Settings(repo=tmp_path, trace_dir=tmp_path / "traces"))) as url:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from sepconv.export.errors import ExportError
 from sepconv.export.networks import build_network
 from sepconv.export.repository.catalog import DEFAULT_CATALOG, ExportRequest, export, load_catalog

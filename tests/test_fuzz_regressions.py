@@ -10,11 +10,11 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+
 from sepconv.export.errors import ExportError
 from sepconv.export.padding import MAX_SPATIAL, resolve_padding, spatial_pair
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-
 from tests.serving import running_server
 
 X = np.ones((1, 3, 3, 2)).tolist()

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from sepconv.export.errors import ExportError
 from sepconv.export.importers import build_imported, detect_format, load_weights
-
 from tests.fixtures.weights import decompress_all, expected, fixture_input, output_spread
 
 FIXTURES = expected()

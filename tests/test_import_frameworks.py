@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from sepconv.export.errors import ExportError
 from sepconv.export.importers import build_imported, load_weights
 from sepconv.export.importers.schema import keras_layers
 from sepconv.export.networks import build_network
-
 from tests.fixtures.weights import output_spread
 from tests.fixtures.weights.keras_random import randomize_keras_model
 

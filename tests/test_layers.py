@@ -8,10 +8,10 @@ import os
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder
-
 from tests.fixtures import reference
 from tests.numpy_reference import (
     conv2d_nhwc,

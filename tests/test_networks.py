@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import layer_totals
 from sepconv.export.networks import ARCHS, build_network, make_divisible, network_layers
 from sepconv.export.networks.common import correct_pad
 from sepconv.export.summary import summary_dict
 from sepconv.export.weights import RandomWeights
-
 from tests.fixtures import reference
 from tests.fixtures.weights import output_spread
 from tests.fixtures.weights.keras_random import randomize_keras_model

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from sepconv.export import layers as L
 from sepconv.export.graph import GraphBuilder
 from sepconv.export.networks import build_network

@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from typer.testing import CliRunner
+
 from sepconv.export.networks import build_network
 from sepconv.export.repository.writer import write_model
 from sepconv.export.summary import by_kind as exporter_by_kind
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-from typer.testing import CliRunner
-
 from tests.serving import running_server
 
 SMALL = "mobilenet_v2_0.35_96"

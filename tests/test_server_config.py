@@ -7,12 +7,12 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
+
 from sepconv.service import pbtxt
 from sepconv.service.errors import ApiError
 from sepconv.service.model_config import ConfigError, ModelConfig, complete_config, config_from_json, parse_config
 from sepconv.service.runtime import ProviderError, cuda_provider_options, make_session, resolve_providers
 from sepconv.service.settings import Settings
-
 from tests.conftest import build_cnn, build_fixed
 
 FULL = """

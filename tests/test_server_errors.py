@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as httpclient
+
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-
 from tests.conftest import CNN_SHAPE
 from tests.serving import running_server
 

@@ -16,11 +16,11 @@ import orjson
 import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
 from sepconv.export.graph import supported_ir_version
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-from tritonclient.utils import InferenceServerException
-
 from tests.conftest import CNN_SHAPE, build_cnn
 from tests.serving import running_server
 
@@ -256,6 +256,7 @@ def test_failed_reload_keeps_the_old_version_serving(fresh_repo: Path) -> None:
 def _slow_model(path: Path, layers: int = 160, size: int = 512) -> Path:
     """x FP32 [N, size, size] -> a chain of MatMuls: slow enough to be caught in flight."""
     from onnx import TensorProto, helper
+
     from sepconv.export.graph import supported_ir_version
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [size, size],

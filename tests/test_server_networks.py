@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
+
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
-
 from tests.serving import running_server
 
 ROOT = Path(__file__).resolve().parents[1]

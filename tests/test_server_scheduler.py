@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from sepconv.service.batcher import Scheduler
 from sepconv.service.errors import ApiError
-
 from tests.conftest import CNN_SHAPE, build_cnn
 
 

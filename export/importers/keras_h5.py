@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sepconv.export.errors import ExportError
 from sepconv.export.importers.schema import KERAS_VARIABLES, keras3_group_names
 from sepconv.export.importers.store import KERAS, WeightFile

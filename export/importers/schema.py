@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
 from sepconv.export.importers.store import WeightFile
 
 # Keras class (snake case, as Keras 3 names the groups) -> its variables in order.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sepconv.export.errors import ExportError
 from sepconv.export.importers.schema import TOP_LAYERS, guess_arch
 from sepconv.export.importers.store import TORCHVISION, WeightFile

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sepconv.export.errors import ExportError
 
 # Checkpoints often wrap the state_dict: {"state_dict": {...}, "epoch": 3, ...}.

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from sepconv.export.errors import ExportError
 from sepconv.export.importers.store import TORCHVISION, WeightFile
 

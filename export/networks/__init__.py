@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
+
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder, LayerInfo

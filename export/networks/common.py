@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder, Tensor

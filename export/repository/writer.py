@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from sepconv.export.errors import ExportError
 from sepconv.export.repository.layout import (
     CONFIG_FILE,
