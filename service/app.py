@@ -71,7 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         grpc_server = None
         if settings.grpc_port:
             grpc_server = GrpcServer(settings, dataplane, registry, in_flight)
-            await grpc_server.start()
+            try:
+                await grpc_server.start()
+            except BaseException:  # e.g. the port is taken: the start-up fails, leaving nothing loaded
+                await asyncio.to_thread(registry.close)
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
         app.state.grpc = grpc_server
         try:
             yield
