@@ -17,6 +17,7 @@ response bytes.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
@@ -45,7 +46,7 @@ class ConvEngine:
         check_work(graph, call, self.settings)
         return orjson.dumps(self.run(call, graph))
 
-    def run(self, call: ConvCall, graph: ConvGraph) -> dict:
+    def run(self, call: ConvCall, graph: ConvGraph) -> dict[str, Any]:
         """Decode, run ``graph``'s session (compiled on a cache miss) and build the response object."""
         feeds = {name: codec.decode(ref) for name, ref in call.tensors.items()}
         compiled, was_cached = self.cache.get_or_build(call.key, lambda: self._compile(graph, call.provider))
