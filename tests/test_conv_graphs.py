@@ -11,7 +11,7 @@ from sepconv.export import layers
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder
 from sepconv.export.single_op import ConvKey, build
-from sepconv.service.conv_cache import CompiledConv, ConvCache
+from sepconv.service.conv.cache import CompiledConv, ConvCache
 
 
 def _session(b: GraphBuilder) -> ort.InferenceSession:

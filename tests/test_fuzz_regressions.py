@@ -78,7 +78,7 @@ def test_conv_huge_nested_list_body_is_413_before_parsing(http: httpx.Client) ->
 
 
 def test_conv_nested_list_output_over_the_limit_is_413_and_b64_still_works(http: httpx.Client) -> None:
-    from sepconv.service.conv_codec import from_b64, to_b64  # noqa: PLC0415
+    from sepconv.service.conv.codec import from_b64, to_b64  # noqa: PLC0415
 
     x = np.ones((1, 8, 8, 1), np.float32)
     f = np.ones((1, 1, 1, 128), np.float32)  # 64 inputs -> 8192 outputs (> LIST_LIMIT)
