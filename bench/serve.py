@@ -8,7 +8,7 @@
   subprocess (uvicorn + httptools + uvloop, the real server), and opens an in-process session with the same
   settings (``sepconv.service.runtime.make_session`` with ``Settings()`` from the same ``SEPCONV_*`` environment: the
   same threads, optimisation level, spinning and providers; the bench prints them). Both call ``session.run``
-  from their main thread (the server runs a lone request on its event-loop thread, see service/batcher.py);
+  from their main thread (the server runs a lone request on its event-loop thread, see service/runtime/scheduler.py);
 * latency at batch 1, one sample of each kind in turn so background load hits all of them alike: in-process
   ``session.run``; the server over loopback with a binary request and with a JSON request (bodies prepared
   before timing, one kept-alive connection); the in-process time to decode that JSON body with orjson + numpy;
@@ -215,7 +215,7 @@ def main() -> None:
                                                 "interleaved with this one's, for an A/B in the same run")
     args = ap.parse_args()
 
-    from sepconv.service.runtime import make_session
+    from sepconv.service.runtime.sessions import make_session
     from sepconv.service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))

@@ -1,7 +1,16 @@
 """Prometheus metrics (``GET /metrics``): HTTP requests, per-model inference counts, latency, queue time,
-batch sizes and model states. Registered once per process in the default registry."""
+batch sizes and model states. Registered once per process in the default registry.
+
+Who records what: the REST middleware the ``sepconv_http_*`` series; the data plane every
+``sepconv_inference_*`` series of a request (once per request, failures labelled by the error's type name,
+e.g. ``InvalidInput``); the scheduler's execution callback the compute time and batch size per
+``session.run``; the serving hook ``sepconv_model_ready``. :class:`ModelMetrics` holds one model version's
+children, made once when it loads, so the hot path does no label lookups.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -26,6 +35,31 @@ INFER_COMPUTE = Histogram("sepconv_inference_compute_duration_seconds", "session
 BATCH_SIZE = Histogram("sepconv_inference_batch_size", "Batch size per session.run (after dynamic batching)",
                        ["model", "version"], buckets=_BATCH_BUCKETS)
 MODEL_READY = Gauge("sepconv_model_ready", "1 when the model version is READY", ["model", "version"])
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The per-version children of the inference series (labels ``model``, ``version``)."""
+
+    model: str
+    version: str
+    requests: Counter
+    latency: Histogram
+    queue: Histogram
+    compute: Histogram
+    batch_size: Histogram
+    ready: Gauge
+
+    @classmethod
+    def of(cls, model: str, version: str) -> ModelMetrics:
+        return cls(model, version, INFER_REQUESTS.labels(model, version), INFER_LATENCY.labels(model, version),
+                   INFER_QUEUE.labels(model, version), INFER_COMPUTE.labels(model, version),
+                   BATCH_SIZE.labels(model, version), MODEL_READY.labels(model, version))
+
+    def failed(self, reason: str) -> None:
+        """One failed request (it counts in ``sepconv_inference_requests_total`` too)."""
+        self.requests.inc()
+        INFER_FAILURES.labels(self.model, self.version, reason).inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -8,10 +8,17 @@ import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
 
-from sepconv.service import pbtxt
-from sepconv.service.errors import ApiError
-from sepconv.service.model_config import ConfigError, ModelConfig, complete_config, config_from_json, parse_config
-from sepconv.service.runtime import ProviderError, cuda_provider_options, make_session, resolve_providers
+from sepconv.service.errors import InvalidInput
+from sepconv.service.registry import pbtxt
+from sepconv.service.registry.model_config import (
+    ConfigError,
+    ModelConfig,
+    complete_config,
+    config_from_json,
+    parse_config,
+)
+from sepconv.service.rest.errors import status_of
+from sepconv.service.runtime.sessions import ProviderError, cuda_provider_options, make_session, resolve_providers
 from sepconv.service.settings import Settings
 from tests.conftest import build_cnn, build_fixed
 
@@ -56,8 +63,8 @@ def test_parse_full_config() -> None:
     assert [(t.name, t.datatype, t.dims) for t in cfg.inputs] == [("input", "FP32", [8, 8, 3])]
     assert cfg.outputs[0].dims == [5]
     assert cfg.instance_kind == "KIND_CPU" and cfg.instance_count == 2
-    assert cfg.dynamic_batching.preferred_batch_sizes == [4, 8, 16]
-    assert cfg.dynamic_batching.max_queue_delay_us == 100
+    assert cfg.dynamic_batching.preferred_batch_size == (4, 8, 16)
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
     assert cfg.version_policy == ("latest", 2)
     assert cfg.select_versions([1, 2, 3]) == [2, 3]
     assert cfg.parameters == {"note": 'a "quoted" value'}
@@ -86,7 +93,7 @@ def test_bad_configs(text: str, fragment: str) -> None:
 def test_auto_complete_and_checks(tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(build_cnn(tmp_path / "cnn.onnx")), providers=["CPUExecutionProvider"])
     done = complete_config(ModelConfig(name="m"), sess.get_inputs(), sess.get_outputs(), 8, 250)
-    assert done.max_batch_size == 8 and done.dynamic_batching.max_queue_delay_us == 250
+    assert done.max_batch_size == 8 and done.dynamic_batching.max_queue_delay_microseconds == 250
     assert done.inputs[0].dims == [8, 8, 3] and done.outputs[0].dims == [5]
     assert set(done.auto_completed) >= {"max_batch_size", "input", "output"}
     with pytest.raises(ConfigError, match="dims"):
@@ -114,12 +121,12 @@ def test_resolve_providers_and_session_options(tmp_path: Path) -> None:
     assert ("CUDAExecutionProvider" in auto) == ("CUDAExecutionProvider" in ort.get_available_providers())
     with pytest.raises(ProviderError, match="unknown execution provider") as err:
         resolve_providers("tpu", s)
-    assert err.value.status_code == 400
+    assert isinstance(err.value, InvalidInput) and status_of(err.value) == 400
     path = build_fixed(tmp_path / "fixed.onnx")
     sess = make_session(path, Settings(graph_optimization="basic", intra_op_threads=1), providers="cpu")
     assert sess.get_providers() == ["CPUExecutionProvider"]
     assert make_session(path.read_bytes(), Settings(), optimization="disable").get_inputs()[0].name == "x"
-    with pytest.raises(ApiError, match="optimisation level"):
+    with pytest.raises(InvalidInput, match="optimisation level"):
         make_session(path, Settings(), optimization="turbo")
 
 

@@ -13,8 +13,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from sepconv.service.batcher import Scheduler
-from sepconv.service.errors import ApiError
+from sepconv.export.repository.layout import DynamicBatching
+from sepconv.service.errors import InvalidInput, Unavailable
+from sepconv.service.rest.errors import status_of
+from sepconv.service.runtime.scheduler import Scheduler
 from tests.conftest import CNN_SHAPE, build_cnn
 
 
@@ -41,7 +43,8 @@ def _x(seed: int, batch: int = 1) -> np.ndarray:
 
 def _scheduler(session: RecordingSession, executor: ThreadPoolExecutor, **kw) -> tuple[Scheduler, list]:
     executions: list[tuple[int, int, int, int]] = []
-    opts = {"max_batch_size": 4, "dynamic": True, "workers": 2, **kw}
+    delay = kw.pop("max_queue_delay_us", 0)
+    opts = {"max_batch_size": 4, "batching": DynamicBatching(max_queue_delay_microseconds=delay), "workers": 2, **kw}
     sched = Scheduler(session, ["logits"], executor, on_execution=lambda *a: executions.append(a), label="t", **opts)
     return sched, executions
 
@@ -130,12 +133,12 @@ def test_closed_scheduler_refuses_and_bad_input_is_a_400(model_path: Path) -> No
         with ThreadPoolExecutor(1) as pool:
             sched, _ = _scheduler(session, pool)
             await sched.submit({"input": _x(1)}, ["logits"], 1, alone=True)
-            with pytest.raises(ApiError) as bad:  # inline now: the error still comes back as a 400
+            with pytest.raises(InvalidInput) as bad:  # inline now: the error still comes back as a 400
                 await sched.submit({"input": np.zeros((1, 3, 3, 3), np.float32)}, ["logits"], 1, alone=True)
-            assert bad.value.status_code == 400
+            assert status_of(bad.value) == 400
             sched.close()
-            with pytest.raises(ApiError) as closed:
+            with pytest.raises(Unavailable) as closed:
                 await sched.submit({"input": _x(2)}, ["logits"], 1)
-            assert closed.value.status_code == 503
+            assert status_of(closed.value) == 503
 
     asyncio.run(main())

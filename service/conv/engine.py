@@ -28,7 +28,7 @@ from sepconv.service.conv import codec
 from sepconv.service.conv.cache import CompiledConv, ConvCache
 from sepconv.service.conv.request import ConvCall, check_work, read
 from sepconv.service.errors import Unprocessable
-from sepconv.service.runtime import make_session
+from sepconv.service.runtime.sessions import make_session
 from sepconv.service.settings import Settings
 
 

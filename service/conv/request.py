@@ -31,7 +31,7 @@ from sepconv.export.padding import resolve_padding, spatial_pair
 from sepconv.export.single_op import OPS, ConvGraph, ConvKey
 from sepconv.service.conv.codec import LIST, TensorRef, loads, peek
 from sepconv.service.errors import InvalidInput, NotFound, TooLarge, Unprocessable
-from sepconv.service.runtime import resolve_providers
+from sepconv.service.runtime.sessions import resolve_providers
 from sepconv.service.settings import Settings
 
 _COMMON = {"input", "bias", "strides", "padding", "dilations", "rate", "data_format", "activation", "provider",

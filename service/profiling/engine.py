@@ -41,7 +41,7 @@ from sepconv.service.profiling.layers import layer_table
 from sepconv.service.profiling.request import ProfilePlan
 from sepconv.service.profiling.sessions import SessionSpec, random_feeds
 from sepconv.service.profiling.timing import BoundRun, summarize
-from sepconv.service.runtime import session_options
+from sepconv.service.runtime.sessions import session_options
 
 METHOD_TEXT = {
     "trace": ("ONNX Runtime profiling trace of a dedicated session: each runtime node's kernel time per run, "

@@ -25,7 +25,7 @@ from sepconv.export.padding import conv_output_hw, resolve_padding, spatial_pair
 from sepconv.export.repository.layout import MetaKey
 from sepconv.service.errors import InvalidInput, TooLarge
 from sepconv.service.profiling.sessions import CUDA, PROVIDERS, SessionSpec, with_threads
-from sepconv.service.runtime import available_providers
+from sepconv.service.runtime.sessions import available_providers
 from sepconv.service.settings import Settings
 
 METHODS = ("auto", "trace", "isolated")

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sepconv.service.errors import InvalidInput
-from sepconv.service.runtime import ProviderError, make_session
+from sepconv.service.runtime.sessions import ProviderError, make_session
 from sepconv.service.settings import Settings
 
 CUDA = "CUDAExecutionProvider"

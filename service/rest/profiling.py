@@ -26,8 +26,8 @@ from sepconv.service.profiling.engine import profile_model
 from sepconv.service.profiling.gate import ProfileGate, TraceStore
 from sepconv.service.profiling.layers import summary_of
 from sepconv.service.profiling.request import ConvProfileRequest, ProfileRequest, plan_conv_profile, plan_profile
-from sepconv.service.request_body import read_body
-from sepconv.service.rest.state import registry, settings
+from sepconv.service.rest.body import read_body
+from sepconv.service.rest.deps import registry, settings
 from sepconv.service.settings import Settings
 
 __all__ = ["attach", "router"]

@@ -6,8 +6,10 @@ Request body = a JSON header, optionally followed by raw tensor bytes; the heade
 (``binary_data_output`` for all, or ``binary_data`` per requested output). BYTES tensors travel as
 4-byte little-endian length + bytes per element.
 
-Everything here is plain functions over bytes/numpy (no pydantic) to keep the hot path short;
-every client mistake raises ``ApiError(400, ...)``.
+Decoding produces the data plane's transport-neutral :class:`~sepconv.service.dataplane.types.InferRequest`;
+encoding takes its :class:`~sepconv.service.dataplane.types.InferResponse`. Everything here is plain functions
+over bytes/numpy (no pydantic) to keep the hot path short; every client mistake raises ``InvalidInput``
+(a protocol feature this server does not offer, ``NotSupported``).
 """
 
 from __future__ import annotations
@@ -15,43 +17,20 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
+from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from sepconv.service.datatypes import V2_TO_NUMPY, element_size
-from sepconv.service.errors import ApiError
+from sepconv.service.errors import InvalidInput, NotSupported
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 
 
-@dataclass
-class InputTensor:
-    name: str
-    datatype: str
-    shape: list[int]
-    array: np.ndarray
-
-
-@dataclass
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass
-class InferRequest:
-    id: str | None
-    inputs: list[InputTensor]
-    outputs: list[RequestedOutput] | None  # None = all, with the request-level binary choice
-    binary_output: bool
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, message)
+def _bad(message: str) -> InvalidInput:
+    return InvalidInput(message)
 
 
 MAX_RANK = 32  # numpy allows 64 dimensions; no model here needs more than a handful
@@ -219,7 +198,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         if not isinstance(iparams, dict):
             raise _bad(f"input {name!r}: 'parameters' must be an object")
         if "shared_memory_region" in iparams:
-            raise _bad(f"input {name!r}: shared-memory inputs are not supported by this server")
+            raise NotSupported(f"input {name!r}: shared-memory inputs are not supported by this server")
         size = iparams.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -264,9 +243,9 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
             if not isinstance(oparams, dict):
                 raise _bad(f"output {raw['name']!r}: 'parameters' must be an object")
             if oparams.get("classification"):
-                raise _bad(f"output {raw['name']!r}: the classification extension is not supported")
+                raise NotSupported(f"output {raw['name']!r}: the classification extension is not supported")
             if "shared_memory_region" in oparams:
-                raise _bad(f"output {raw['name']!r}: shared-memory outputs are not supported by this server")
+                raise NotSupported(f"output {raw['name']!r}: shared-memory outputs are not supported by this server")
             b = _bool_param(oparams, "binary_data", f"output {raw['name']!r}")
             outputs.append(RequestedOutput(name=raw["name"], binary=binary_output if b is None else b))
         if len({o.name for o in outputs}) != len(outputs):
@@ -274,15 +253,12 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     return InferRequest(id=req_id, inputs=inputs, outputs=outputs, binary_output=binary_output, parameters=params)
 
 
-def encode_infer_response(model_name: str, model_version: str, request_id: str | None,
-                          outputs: list[tuple[str, str, np.ndarray, bool]]) -> tuple[bytes, int | None]:
-    """(body, header_length) — header_length is None when the body is all JSON.
-
-    ``outputs`` = (name, datatype, array, binary) in the order to return them.
-    """
+def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
+    """(body, header_length) — header_length is None when the body is all JSON (no output asked for binary)."""
     out_json: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, datatype, arr, binary in outputs:
+    for out in response.outputs:
+        name, datatype, arr, binary = out.name, out.datatype, out.array, out.binary
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if binary:
             if datatype == "BYTES":
@@ -297,11 +273,11 @@ def encode_infer_response(model_name: str, model_version: str, request_id: str |
         else:
             entry["data"] = np.ascontiguousarray(arr).reshape(-1)
         out_json.append(entry)
-    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request_id is not None:
-        response["id"] = request_id
-    response["outputs"] = out_json
-    header = orjson.dumps(response, option=_OPT)
+    head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id is not None:
+        head["id"] = response.id
+    head["outputs"] = out_json
+    header = orjson.dumps(head, option=_OPT)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

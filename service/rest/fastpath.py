@@ -2,8 +2,9 @@
 
 Matching a request against every route and solving dependencies costs FastAPI ~100 µs per request;
 ``POST /v2/models/{m}[/versions/{v}]/infer`` is the hot path, so this pure-ASGI layer recognises it
-with one regular expression and calls the same handler the router would (``service.v2_api``), with the
-same ``{"error": ...}`` answers. Every other request goes on to FastAPI. The routes stay registered
+with one regular expression and calls the same handler the router would
+(:func:`sepconv.service.rest.v2.handle_infer`), with the same ``{"error": ...}`` answers (the status from
+:mod:`sepconv.service.rest.errors`). Every other request goes on to FastAPI. The routes stay registered
 with FastAPI too (OpenAPI, and methods other than POST).
 """
 
@@ -15,11 +16,10 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from sepconv.service.errors import ApiError
-from sepconv.service.middleware import BodyTooLarge
-from sepconv.service.repository import check_version
-from sepconv.service.rest.errors import error_response
-from sepconv.service.v2_api import handle_infer, router
+from sepconv.service.errors import ServiceError
+from sepconv.service.rest.errors import error_response, service_error_response
+from sepconv.service.rest.middleware import BodyTooLarge
+from sepconv.service.rest.v2 import handle_infer, router
 
 log = logging.getLogger("sepconv.errors")
 
@@ -27,6 +27,8 @@ _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 class InferFastPath:
+    """ASGI middleware: POST infer requests go straight to the V2 infer handler, the rest to ``app``."""
+
     def __init__(self, app: Any, fastapi_app: Any) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
@@ -51,11 +53,9 @@ class InferFastPath:
         scope["route"] = self._routes.get(version is not None)
         request = Request(scope, receive)
         try:
-            if version is not None:
-                check_version(version)
             response = await handle_infer(request, model_name, version)
-        except ApiError as exc:
-            response = error_response(exc.status_code, exc.message, exc.headers)
+        except ServiceError as exc:
+            response = service_error_response(exc)
         except ClientDisconnect:
             return  # the client went away before sending its whole body: nobody to answer
         except BodyTooLarge:

@@ -1,7 +1,7 @@
 """A small reader for protobuf text format (what Triton's ``config.pbtxt`` is written in).
 
 It knows no schema: every field becomes a list of values (scalars, enum identifiers as strings, or
-nested dicts of the same form); :mod:`sepconv.service.model_config` applies Triton's schema on top.
+nested dicts of the same form); :mod:`sepconv.service.registry.model_config` applies Triton's schema on top.
 Handles ``#`` comments, ``field: value``, ``field { ... }``, ``field: { ... }``, ``field: [a, b]``,
 ``field [ {..}, {..} ]``, ``<...>`` message delimiters, and quoted strings with escapes.
 """

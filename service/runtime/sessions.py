@@ -5,9 +5,11 @@
 * :func:`make_session` — an ``InferenceSession`` with graph optimisation, threads and arena options from
   :class:`~sepconv.service.settings.Settings`; afterwards it checks ``get_providers()``: when CUDA was asked for
   and the session runs on CPU only, ``strict_providers`` raises :class:`ProviderError` (a clear load
-  failure), otherwise a warning is logged.
+  failure, ``Unavailable``), otherwise a warning is logged. An unknown provider name is
+  :class:`UnknownProvider` (``InvalidInput``), an unknown optimisation level ``InvalidInput``.
 
-Every session in the service (models, ``/v1/conv`` graphs, profiling runs) is made here.
+Every session in the service (models, ``/v1/conv`` graphs, profiling runs) is made here. The logger stays
+``sepconv.runtime``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from sepconv.service.errors import ApiError
+from sepconv.service.errors import InvalidInput, Unavailable
 from sepconv.service.settings import Settings
 
 log = logging.getLogger("sepconv.runtime")
@@ -45,11 +47,14 @@ _OPT_LEVELS = {
 }
 
 
-class ProviderError(ApiError):
-    """The requested execution provider cannot be used (unknown, or fell back under ``strict``)."""
+class ProviderError(Unavailable):
+    """The requested execution provider cannot be used: it fell back under ``strict_providers``
+    (:class:`Unavailable`), or it is unknown (:class:`UnknownProvider`, the client's mistake)."""
 
-    def __init__(self, message: str, status_code: int = 503) -> None:
-        super().__init__(status_code, message)
+
+class UnknownProvider(InvalidInput, ProviderError):
+    """A provider name this onnxruntime build does not know (``InvalidInput`` first in the MRO, so over REST
+    it answers 400 like any client mistake; still a ``ProviderError`` for code that catches those)."""
 
 
 @lru_cache(maxsize=1)
@@ -73,10 +78,8 @@ def _expand(name: str) -> list[str]:
     lowered = {p.lower(): p for p in (*available_providers(), CPU, CUDA, *GPU_PROVIDERS)}
     canonical = lowered.get(key.lower()) or lowered.get(key.lower() + "executionprovider")
     if canonical is None:
-        raise ProviderError(
-            f"unknown execution provider {name!r}; use auto, cpu, cuda or one of {', '.join(available_providers())}",
-            status_code=400,
-        )
+        raise UnknownProvider(
+            f"unknown execution provider {name!r}; use auto, cpu, cuda or one of {', '.join(available_providers())}")
     return [canonical]
 
 
@@ -85,7 +88,7 @@ def resolve_providers(requested: str | list[str] | tuple[str, ...] | None, setti
 
     ``auto`` = CUDA first when this build lists it, then CPU; ``cpu``; ``cuda`` (CUDA then CPU, so a
     fallback is detectable afterwards); or a comma-separated list / list of provider names. CPU is always
-    appended last so a session can be made at all. Unknown names -> :class:`ProviderError` (400).
+    appended last so a session can be made at all. Unknown names -> :class:`UnknownProvider` (``InvalidInput``).
     """
     if requested is None or (isinstance(requested, str) and not requested.strip()):
         requested = settings.providers
@@ -116,7 +119,7 @@ def session_options(settings: Settings, *, enable_profiling: bool = False, profi
     opts = ort.SessionOptions()
     level = (optimization or settings.graph_optimization).strip().lower()
     if level not in _OPT_LEVELS:
-        raise ApiError(400, f"unknown graph optimisation level {level!r}; use one of {', '.join(_OPT_LEVELS)}")
+        raise InvalidInput(f"unknown graph optimisation level {level!r}; use one of {', '.join(_OPT_LEVELS)}")
     opts.graph_optimization_level = _OPT_LEVELS[level]
     threads = settings.intra_op_threads if intra_op_threads is None else intra_op_threads
     if threads and threads > 0:

@@ -1,5 +1,11 @@
 """Request scheduling per model: Triton's dynamic batcher on asyncio.
 
+Contract: :meth:`Scheduler.submit` runs one request (a feed already checked against the model) and returns
+its finished :class:`Job` (outputs and the queue/compute timings), or raises a typed error: ``Unavailable``
+(the model is being unloaded or the server is stopping), ``InvalidInput`` (ONNX Runtime refused the input),
+``InternalError`` (a batch run failed for another reason). Each ``session.run`` is reported once to
+``on_execution(batch, input_ns, infer_ns, output_ns)``.
+
 Requests queue per model. Up to ``workers`` runs (one per model instance) are in progress at once;
 whenever a slot is free (a request arrives, or a run ends) the oldest request is taken together with
 every queued request of the same per-item shapes while the batch stays within ``max_batch_size``
@@ -29,7 +35,9 @@ then. On a GPU, big batches win and it grows to them; on a CPU where a big batch
 Several workers run ``session.run`` concurrently on the same session (ORT sessions are thread-safe and
 share the intra-op pool, which fills the cores better than one run at a time).
 
-Models without dynamic batching use the same queue with one request per run.
+Models without dynamic batching use the same queue with one request per run. The batching settings are the
+config's ``dynamic_batching`` block, :class:`~sepconv.export.repository.layout.DynamicBatching` (``None`` = no
+dynamic batching).
 """
 
 from __future__ import annotations
@@ -42,16 +50,25 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from sepconv.service.errors import ApiError
+from sepconv.export.repository.layout import DynamicBatching
+from sepconv.service.errors import InternalError, InvalidInput, Unavailable
 
 log = logging.getLogger("sepconv.batcher")
 
 
 _INLINE_MAX_NS = 20_000_000  # a lone request runs on the event loop when its run is measured under 20 ms
+
+OnExecution = Callable[[int, int, int, int], None]  # (batch, input_ns, infer_ns, output_ns) per session.run
+
+
+class Session(Protocol):
+    """What the scheduler needs of a session (``onnxruntime.InferenceSession``, or a test's wrapper of one)."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray]) -> list[Any]: ...
 
 
 class _RunCount:
@@ -92,18 +109,17 @@ def _signature(inputs: dict[str, np.ndarray], batched: bool) -> tuple:
 class Scheduler:
     """Queues requests for one loaded model and runs them, batched when the model allows it."""
 
-    def __init__(self, session: Any, output_names: list[str], executor: Executor, *, max_batch_size: int,
-                 dynamic: bool, max_queue_delay_us: int = 0, preferred_batch_sizes: list[int] | None = None,
-                 workers: int = 1, on_execution: Callable[[int, int, int, int], None] | None = None,
+    def __init__(self, session: Session, output_names: list[str], executor: Executor, *, max_batch_size: int,
+                 batching: DynamicBatching | None, workers: int = 1, on_execution: OnExecution | None = None,
                  label: str = "", adaptive: bool = True, inline_max_ns: int = _INLINE_MAX_NS) -> None:
         self.session = session
         self.output_names = list(output_names)
         self.executor = executor
         self.max_batch_size = max(1, int(max_batch_size))
         self.batched = max_batch_size > 0
-        self.coalesce = dynamic and self.batched
-        self.delay_ns = int(max_queue_delay_us) * 1000
-        preferred = [p for p in (preferred_batch_sizes or []) if p <= self.max_batch_size]
+        self.coalesce = batching is not None and self.batched
+        self.delay_ns = (batching.max_queue_delay_microseconds if batching else 0) * 1000
+        preferred = [p for p in (batching.preferred_batch_size if batching else ()) if p <= self.max_batch_size]
         self.target = max(preferred) if preferred else self.max_batch_size
         self.workers = max(1, int(workers))
         self.adaptive = adaptive
@@ -136,7 +152,7 @@ class Scheduler:
         a short model) or queued: ``_dispatch`` hands it to the executor when a run slot is free, and the
         run thread resolves its future."""
         if self._closed:
-            raise ApiError(503, f"model {self.label} is being unloaded")
+            raise Unavailable(f"model {self.label} is being unloaded")
         loop = self._loop = asyncio.get_running_loop()
         job = Job(inputs=inputs, outputs=outputs, batch=batch, key=_signature(inputs, self.batched))
         if self._last_arrival:
@@ -214,7 +230,7 @@ class Scheduler:
             except RuntimeError as exc:  # the executor is shut down (server stopping): answer, take the next
                 self._busy -= 1
                 _RUNNING.add(-1)
-                error = ApiError(503, f"model {self.label} is being unloaded ({exc})")
+                error = Unavailable(f"model {self.label} is being unloaded ({exc})")
                 for fut in (j.future for j in jobs):
                     if fut is not None and not fut.done():
                         fut.set_exception(error)
@@ -315,7 +331,7 @@ class Scheduler:
             results = self._execute(jobs, names)
         except Exception as exc:  # noqa: BLE001 - a failure must still answer every request
             log.exception("batch run failed")
-            results = [ApiError(500, f"inference failed: {exc}")] * len(jobs)
+            results = [InternalError(f"inference failed: {exc}")] * len(jobs)
         try:
             self._loop.call_soon_threadsafe(self._finish, jobs, results)  # type: ignore[union-attr]
         except RuntimeError:  # the event loop is closed: nobody is waiting any more
@@ -353,7 +369,7 @@ class Scheduler:
         try:
             outs = self.session.run(names, job.inputs)
         except Exception as exc:  # noqa: BLE001 - ORT reports bad input through many exception types
-            return ApiError(400, f"inference failed: {str(exc).strip()[:500]}")
+            return InvalidInput(f"inference failed: {str(exc).strip()[:500]}")
         t1 = time.perf_counter_ns()
         result = dict(zip(names, outs, strict=True))
         t2 = time.perf_counter_ns()

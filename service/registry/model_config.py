@@ -2,7 +2,9 @@
 
 Only the parts this server acts on are modelled (name, platform/backend, max_batch_size, input,
 output, instance_group, dynamic_batching, version_policy, default_model_filename, parameters);
-everything else in the file is kept and echoed back in ``GET .../config``.
+everything else in the file is kept and echoed back in ``GET .../config``. The ``dynamic_batching`` block is
+the exporter's own :class:`~sepconv.export.repository.layout.DynamicBatching` (one class, one set of field
+names, Triton's). Everything wrong in a config raises :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sepconv.service import pbtxt
+from sepconv.export.repository.layout import DynamicBatching, LayoutError
 from sepconv.service.datatypes import CONFIG_TO_V2, ORT_TO_V2, V2_TO_CONFIG
+from sepconv.service.registry import pbtxt
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -43,23 +46,6 @@ class TensorConfig:
             out.update({"label_filename": "", "is_shape_tensor": False})
         out.update(self.extra)
         return out
-
-
-@dataclass
-class DynamicBatching:
-    max_queue_delay_us: int = 0
-    preferred_batch_sizes: list[int] = field(default_factory=list)
-    preserve_ordering: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "preferred_batch_size": list(self.preferred_batch_sizes),
-            "max_queue_delay_microseconds": self.max_queue_delay_us,
-            "preserve_ordering": self.preserve_ordering,
-            "priority_levels": 0,
-            "default_priority_level": 0,
-            "priority_queue_policy": {},
-        }
 
 
 @dataclass
@@ -271,8 +257,12 @@ def config_from_fields(fields: dict[str, list[Any]], model_name: str) -> ModelCo
         preferred = [_int(x, "preferred_batch_size") for x in db.get("preferred_batch_size", [])]
         if delay < 0 or any(p < 1 for p in preferred):
             raise ConfigError("dynamic_batching: delays and preferred sizes must be positive")
-        cfg.dynamic_batching = DynamicBatching(max_queue_delay_us=delay, preferred_batch_sizes=preferred,
-                                               preserve_ordering=bool(_one(db, "preserve_ordering", False)))
+        try:
+            cfg.dynamic_batching = DynamicBatching(preferred_batch_size=tuple(preferred),
+                                                   max_queue_delay_microseconds=delay,
+                                                   preserve_ordering=bool(_one(db, "preserve_ordering", False)))
+        except LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
     if "version_policy" in fields:
         vp = _one(fields, "version_policy") or {}
         if "latest" in vp:
@@ -322,7 +312,7 @@ def complete_config(cfg: ModelConfig, model_inputs: list[Any], model_outputs: li
         cfg.max_batch_size = default_max_batch if batchable else 0
         cfg.auto_completed.append("max_batch_size")
         if cfg.max_batch_size > 0 and cfg.dynamic_batching is None:
-            cfg.dynamic_batching = DynamicBatching(max_queue_delay_us=default_delay_us)
+            cfg.dynamic_batching = DynamicBatching(max_queue_delay_microseconds=default_delay_us)
             cfg.auto_completed.append("dynamic_batching")
     if cfg.max_batch_size > 0 and not batchable:
         raise ConfigError(f"max_batch_size is {cfg.max_batch_size}, but the model's first dimension is not a "

@@ -1,0 +1,87 @@
+"""Request and response bodies over HTTP: capped reads, ``Content-Encoding`` both ways, JSON objects.
+
+* :func:`read_body` — the whole body, refusing (``TooLarge``, 413) one over a limit before reading it all;
+* :func:`decompress` — a ``gzip``/``deflate`` request body, capped after decompression too;
+* :func:`compress` — a response body for the client's ``Accept-Encoding`` (gzip preferred, 1 KiB and up);
+* :func:`json_object` — a body that must be a JSON object (empty -> ``{}`` unless required).
+
+The server-wide request size limit itself is enforced earlier, by :mod:`sepconv.service.rest.middleware`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from sepconv.service.errors import InvalidInput, TooLarge, UnsupportedMediaType
+
+COMPRESS_MIN_BYTES = 1024  # smaller responses are sent as they are
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The whole body, refusing (413) one over ``limit`` bytes before reading it all.
+
+    ``what`` names the limit in the message, e.g. ``"this server accepts (SEPCONV_MAX_REQUEST_BYTES)"``.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body is {int(declared)} bytes; at most {limit} {what}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"request body is over {limit} bytes, the most {what}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded from its ``Content-Encoding`` (identity, gzip, deflate), at most ``limit`` bytes."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc == "gzip":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif enc == "deflate":
+        d = zlib.decompressobj()
+    else:
+        raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the {enc} body does not decompress: {exc}") from exc
+    if len(out) > limit or d.unconsumed_tail:
+        raise TooLarge(f"the decompressed body is over the limit of {limit} bytes")
+    return out
+
+
+def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
+    """(body, Content-Encoding or None): gzip or deflate at level 1 when the client accepts one."""
+    if not accept_encoding or len(body) < COMPRESS_MIN_BYTES:
+        return body, None
+    if "gzip" in accept_encoding:
+        return gzip.compress(body, compresslevel=1), "gzip"
+    if "deflate" in accept_encoding:
+        return zlib.compress(body, 1), "deflate"
+    return body, None
+
+
+async def json_object(request: Request, *, allow_empty: bool = True) -> dict[str, Any]:
+    """The body as a JSON object (``InvalidInput`` for malformed JSON or another JSON value)."""
+    body = await request.body()
+    if not body.strip():
+        if allow_empty:
+            return {}
+        raise InvalidInput("a JSON body is required")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON body: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return obj

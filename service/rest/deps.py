@@ -1,0 +1,25 @@
+"""The one way route modules get the server's collaborators: from the app ``create_app`` built.
+
+Call them with the request (``deps.dataplane(request)``) or use them as FastAPI dependencies
+(``dp: DataPlane = Depends(deps.dataplane)``). Nothing else reads ``request.app.state`` for these.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.registry.registry import ModelRegistry
+from sepconv.service.settings import Settings
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
