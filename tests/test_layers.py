@@ -12,6 +12,7 @@ import pytest
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder
+from sepconv.export.padding import ConvGeometry
 from tests.fixtures import reference
 from tests.numpy_reference import (
     conv2d_nhwc,
@@ -41,8 +42,7 @@ def single_layer(op: str, in_shape_nhwc: tuple[int, int, int, int], layout: str,
     n, h, w, c = in_shape_nhwc
     b = GraphBuilder("single", opset=opset)
     x = L.network_input(b, "input", layout, c, h, w)
-    kw = {"name": "op", "strides": strides, "padding": padding, "dilations": dilations, "data_format": layout,
-          "act": act}
+    kw = {"name": "op", "geometry": ConvGeometry(strides, padding, dilations, layout), "act": act}
     if op == "conv2d":
         y = L.conv2d(b, x, filters[0], bias=bias, **kw)
     elif op == "depthwise_conv2d":
@@ -257,7 +257,7 @@ def test_folded_batch_norm_equals_the_kept_one(op, filter_shape):
         b = GraphBuilder("bn")
         t = L.network_input(b, "input", "NHWC", 4, 9, 8)
         layer = getattr(L, op)
-        t = layer(b, t, f, name="op", bias=bias, strides=2, bn=bn, fold_bn=fold, act="relu6")
+        t = layer(b, t, f, name="op", geometry=ConvGeometry(strides=2), bias=bias, bn=bn, fold_bn=fold, act="relu6")
         L.network_output(b, t, "output", "NHWC")
         ops = {n.op_type for n in b.nodes}
         assert ("BatchNormalization" in ops) is not fold

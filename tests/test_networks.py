@@ -14,7 +14,7 @@ import pytest
 
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import layer_totals
-from sepconv.export.networks import ARCHS, build_network, make_divisible, network_layers
+from sepconv.export.networks import build_network, list_models, make_divisible, network_layers
 from sepconv.export.networks.common import correct_pad
 from sepconv.export.summary import summary_dict
 from sepconv.export.weights import RandomWeights
@@ -349,7 +349,7 @@ def test_accounting_matches_the_checked_model():
 
 
 def test_archs():
-    assert ARCHS == ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+    assert list_models() == ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,10 +30,9 @@ def load_weights(path: str | Path, *, arch: str, alpha: float | None = None, res
     ``.keras`` archive), a PyTorch ``state_dict`` in torchvision's naming (``.pth``/``.pt``) or
     ``.safetensors``. Raises :class:`ExportError` for a file that does not fit.
     """
-    from sepconv.export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import get_model_builder  # noqa: PLC0415
 
-    if arch not in ARCHS:
-        raise ExportError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    get_model_builder(arch)  # an unknown architecture, named with the registered ones, before opening the file
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"weights file {str(path)!r} is a folder; give the weights file itself")
@@ -81,7 +80,7 @@ def read_weight_file(path: Path, arch: str) -> WeightFile:
 
 def _check_arch(wf: WeightFile, arch: str, path: Path) -> None:
     """Refuse, before any build, a file that plainly holds another architecture's weights."""
-    from sepconv.export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import list_models  # noqa: PLC0415
 
     def score(a: str) -> float:
         top = set(TOP_LAYERS[a])
@@ -92,7 +91,7 @@ def _check_arch(wf: WeightFile, arch: str, path: Path) -> None:
     mine = score(arch)
     if mine >= 0.99:
         return
-    best = max(ARCHS, key=score)
+    best = max(list_models(), key=score)
     if best != arch and score(best) > mine:
         raise ExportError(f"{path.name} holds {best} weights, not {arch} ({wf.detail}; its layers include "
                           f"{', '.join(list(wf.layers)[:3])})")

@@ -135,6 +135,8 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     """Build and write one model (unless an identical export is already there and not ``force``)."""
     from sepconv.export.networks import NetworkConfig, build_network  # noqa: PLC0415
 
+    if request.name is not None:
+        check_name(request.name)  # a name the server would skip is refused before anything is read or built
     check_version(request.version)
     check_max_batch(request.max_batch_size)
     batching = DynamicBatching.from_dict(request.dynamic_batching)
