@@ -1,65 +1,15 @@
-"""``sepconv summary`` and ``sepconv export`` (one model, or every model of a catalog)."""
+"""``sepconv export``: one model (``ARCH [ARCH FLAGS] [--weights FILE] [--name NAME] ...``), or every model of a
+catalog (``--catalog [FILE]``), written into a Triton-layout repository; prints each model's path."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sepconv.commands.options import KeepBN, Layout, NoTop, Resolution, Seed, fail
 from sepconv.export.errors import ExportError
-
-ArchArg = Annotated[str, typer.Argument(help="mobilenet_v1 | mobilenet_v2 | mobilenet_v3_large | mobilenet_v3_small")]
-Alpha = Annotated[float, typer.Option("--alpha", help="width multiplier")]
-Resolution = Annotated[int, typer.Option("--resolution", help="input height and width")]
-Classes = Annotated[int, typer.Option("--classes", help="number of classes")]
-NoTop = Annotated[bool, typer.Option("--no-top", help="leave out the classifier (output the feature map)")]
-Padding = Annotated[str, typer.Option("--padding", help="same (TF/Keras exact) | symmetric (PyTorch style)")]
-Layout = Annotated[str, typer.Option("--input-layout", help="NCHW | NHWC")]
-Seed = Annotated[int, typer.Option("--seed", help="seed of the random (Keras-initialiser) weights")]
-KeepBN = Annotated[bool, typer.Option("--keep-bn", help="keep BatchNormalization nodes instead of folding them")]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the exit to raise (no traceback)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _arch_kwargs(alpha: float, resolution: int, classes: int, no_top: bool, padding: str, input_layout: str,
-                 seed: int, keep_bn: bool) -> dict:
-    return {"alpha": alpha, "resolution": resolution, "classes": classes, "include_top": not no_top,
-            "padding": padding.lower(), "input_layout": input_layout.upper(), "seed": seed, "fold_bn": not keep_bn}
-
-
-def summary(
-    arch: ArchArg,
-    alpha: Alpha = 1.0,
-    resolution: Resolution = 224,
-    classes: Classes = 1000,
-    no_top: NoTop = False,
-    padding: Padding = "same",
-    input_layout: Layout = "NCHW",
-    seed: Seed = 0,
-    keep_bn: KeepBN = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
-) -> None:
-    """Keras-like table of a network: layer, kind, output shape, params, multiply-adds."""
-    from sepconv.export.networks import network_layers  # noqa: PLC0415
-    from sepconv.export.summary import render_table, summary_dict  # noqa: PLC0415
-
-    try:
-        config, layers = network_layers(
-            arch, **_arch_kwargs(alpha, resolution, classes, no_top, padding, input_layout, seed, keep_bn))
-    except ExportError as exc:
-        raise fail(str(exc)) from None
-    result = summary_dict(config.arch, config.alpha, config.resolution, config.classes, layers)
-    if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        render_table(result)
 
 
 def export(
@@ -153,6 +103,4 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``summary`` and ``export`` to the CLI."""
-    app.command("summary")(summary)
     app.command("export")(export)
