@@ -32,6 +32,7 @@ class Kind(StrEnum):
 
 KINDS: tuple[str, ...] = tuple(kind.value for kind in Kind)  # plain strings, in the summary tables' order
 BATCH = "N"
+DEFAULT_OPSET = 17  # what every graph is written at unless asked otherwise (networks, single ops, exports)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def layer_totals(layers: Iterable[LayerInfo]) -> dict[str, int]:
 class GraphBuilder:
     """Collects nodes, initializers and layer accounting, then writes a checked ModelProto."""
 
-    def __init__(self, name: str, opset: int = 17) -> None:
+    def __init__(self, name: str, opset: int = DEFAULT_OPSET) -> None:
         self.name = name
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []

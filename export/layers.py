@@ -28,6 +28,9 @@ POINTWISE_GEOMETRY = ConvGeometry(padding="VALID")  # a 1x1 conv: nothing to pad
 HARD_SWISH_OPSET = 14  # the first opset with a HardSwish operator
 
 
+KERAS_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default, which keras.applications keep
+
+
 @dataclass(frozen=True)
 class BatchNorm:
     """Keras BatchNormalization weights for one layer (``gamma, beta`` trainable)."""
@@ -36,7 +39,7 @@ class BatchNorm:
     beta: np.ndarray
     mean: np.ndarray
     var: np.ndarray
-    eps: float = 1e-3
+    eps: float = KERAS_BN_EPSILON
 
     @property
     def channels(self) -> int:

@@ -24,7 +24,6 @@ from sepconv.export.padding import ConvGeometry
 from sepconv.export.repository.layout import MetaKey
 
 OPS = ("conv2d", "depthwise_conv2d", "separable_conv2d")
-OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def build(key: ConvKey, weights: np.random.Generator | None = None) -> ConvGraph
     ONNX Runtime can pre-pack them (the profiler's single-layer graphs)."""
     c, h, w = key.chw
     layout = key.geometry.data_format
-    b = GraphBuilder(f"sepconv_{key.op}", opset=OPSET)
+    b = GraphBuilder(f"sepconv_{key.op}")
     x = layers.network_input(b, "input", layout, c, h, w)
 
     def weight(name: str, shape: tuple[int, ...]) -> layers.GraphWeight | np.ndarray:

@@ -18,7 +18,7 @@ import onnx
 
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
-from sepconv.export.graph import GraphBuilder, LayerInfo
+from sepconv.export.graph import DEFAULT_OPSET, GraphBuilder, LayerInfo
 from sepconv.export.networks import mobilenet_v1, mobilenet_v2, mobilenet_v3  # noqa: F401 - each registers itself
 from sepconv.export.networks.common import PADDING_STYLES, NetContext, make_divisible
 from sepconv.export.networks.registry import get_architecture, get_model_builder, list_models, register_model
@@ -58,7 +58,7 @@ class NetworkConfig:
     input_layout: str = "NCHW"
     seed: int = 0
     fold_bn: bool = True
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
 
     @property
     def default_name(self) -> str:
@@ -173,7 +173,7 @@ def build_network(
     weights: WeightSource | None = None,
     seed: int = 0,
     fold_bn: bool = True,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
 ) -> BuiltNetwork:
     """Build ``arch`` as a checked ONNX model (input ``input``, output ``logits``, pre-softmax).
 

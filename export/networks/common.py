@@ -60,7 +60,7 @@ class NetContext:
 
     @property
     def bn_epsilon(self) -> float:
-        return float(self.weights.bn_epsilon or 1e-3)
+        return float(self.weights.bn_epsilon or L.KERAS_BN_EPSILON)
 
     # -- weights ------------------------------------------------------------------------
     def weight(self, layer: str, name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -10,6 +10,7 @@ import typer
 
 from sepconv.commands.options import KeepBN, Layout, NoTop, Resolution, Seed, fail
 from sepconv.export.errors import ExportError
+from sepconv.export.repository.layout import DEFAULT_MAX_BATCH, DEFAULT_REPO, DEFAULT_VERSION
 
 
 def export(
@@ -33,10 +34,10 @@ def export(
         "--allow-unused", help="accept a weights file holding tensors the network does not use "
                                "(e.g. a classifier with --no-top)")] = False,
     name: Annotated[str | None, typer.Option("--name", help="model name (default ARCH_ALPHA_RESOLUTION)")] = None,
-    version: Annotated[int, typer.Option("--version", help="model version folder")] = 1,
+    version: Annotated[int, typer.Option("--version", help="model version folder")] = DEFAULT_VERSION,
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = 8,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = DEFAULT_MAX_BATCH,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,  # graph.DEFAULT_OPSET (which imports onnx)
     catalog: Annotated[bool, typer.Option(
         "--catalog", help="export every model a catalog lists (file: the positional argument)")] = False,
     force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,
@@ -56,7 +57,7 @@ def export(
             padding=padding.lower() if padding else None, input_layout=input_layout.upper(), seed=seed,
             fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, name=name, version=version,
             max_batch_size=max_batch, opset=opset)
-        result = export_one(request, repo or Path("models"), force=True)
+        result = export_one(request, repo or DEFAULT_REPO, force=True)
     except ExportError as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a bug, but still a message rather than a traceback
