@@ -213,4 +213,11 @@ class ConvGeometry:
 
     def resolved(self, in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> ConvGeometry:
         """This geometry with its padding made explicit for that input (one form per graph: a cache key)."""
-        return ConvGeometry(self.strides, self.pads(in_hw, kernel_hw), self.dilations, self.data_format)
+        pads = self.pads(in_hw, kernel_hw)
+        if pads == self.padding:
+            return self
+        same = object.__new__(ConvGeometry)  # every field is already checked: skip __init__ (the /v1/conv path)
+        for name, value in (("strides", self.strides), ("padding", pads), ("dilations", self.dilations),
+                            ("data_format", self.data_format)):
+            object.__setattr__(same, name, value)
+        return same
