@@ -117,7 +117,7 @@ def test_profile_bodies_still_validate_like_before(http: httpx.Client) -> None:
 def test_profile_csv_dash_is_stdout(capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from sepconv.cmd_profile import write_csv  # noqa: PLC0415
+    from sepconv.commands.profile import write_csv  # noqa: PLC0415
 
     monkeypatch.chdir(tmp_path)
     result = {"layers": [{"name": "conv_dw_1", "kind": "depthwise", "op_type": "Conv", "output_shape": [4, 4, 8],

@@ -12,6 +12,7 @@ import pytest
 from sepconv.export import layers as L
 from sepconv.export.graph import GraphBuilder
 from sepconv.export.networks import build_network
+from sepconv.export.padding import Pads
 from sepconv.service.errors import Busy, InvalidInput, NotFound, TooLarge
 from sepconv.service.profiling import trace as pt
 from sepconv.service.profiling.engine import profile_model
@@ -147,6 +148,7 @@ def test_plans_are_validated_once_with_typed_errors(settings: Settings) -> None:
         plan_profile(ProfileRequest(batch_size=8, runs=100), settings, metadata={"macs": str(10**10)})
     conv = plan_conv_profile(ConvProfileRequest(input_shape=[1, 15, 15, 8], filters=16, kernel_size=[3, 5],
                                                 strides=2, padding="VALID"), settings)
-    assert (conv.kernel, conv.strides, conv.pads, conv.out_hw) == ((3, 5), (2, 2), (0, 0, 0, 0), (7, 6))
+    g = conv.geometry
+    assert (conv.kernel, g.strides, g.padding, conv.out_hw) == ((3, 5), (2, 2), Pads(0, 0, 0, 0), (7, 6))
     with pytest.raises(TooLarge):
         plan_conv_profile(ConvProfileRequest(input_shape=[1, 4096, 4096, 64], filters=64), settings)

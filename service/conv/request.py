@@ -27,7 +27,7 @@ from typing import Any
 
 from sepconv.export.errors import ExportError
 from sepconv.export.layers import ACTIVATIONS, LAYOUTS
-from sepconv.export.padding import resolve_padding, spatial_pair
+from sepconv.export.padding import ConvGeometry
 from sepconv.export.single_op import OPS, ConvGraph, ConvKey
 from sepconv.service.conv.codec import LIST, TensorRef, loads, peek
 from sepconv.service.errors import InvalidInput, NotFound, TooLarge, Unprocessable
@@ -178,10 +178,12 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
     n, c, h, w = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if data_format == "NHWC" else x.shape
     kh, kw, cin = filters[0].shape[:3]
     try:
-        strides = spatial_pair(1 if body.get("strides") is None else body["strides"], "strides", data_format)
-        dilations = spatial_pair(_dilations(body), "dilations", data_format)
+        padding = "VALID" if body.get("padding") is None else body["padding"]
+        geometry = ConvGeometry(1 if body.get("strides") is None else body["strides"], padding, _dilations(body),
+                                data_format)
     except ExportError as exc:
         raise Unprocessable(str(exc)) from None
+    strides, dilations = geometry.strides, geometry.dilations
 
     first = filters[0].field if op == "separable_conv2d" else "filter"
     if cin != c:
@@ -206,8 +208,8 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
             raise Unprocessable(f"bias must have shape [{out_channels}] (one value per output channel), "
                                 f"got {list(bias.shape)}")
     try:
-        padding = "VALID" if body.get("padding") is None else body["padding"]
-        pads = resolve_padding(padding, (h, w), (kh, kw), strides, dilations, data_format)
+        geometry = geometry.resolved((h, w), (kh, kw))
+        geometry.resolve((h, w), (kh, kw))  # refuses a kernel larger than the padded input
     except ExportError as exc:
         raise Unprocessable(str(exc)) from None
 
@@ -215,15 +217,14 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
     if bias is not None:
         tensors["bias"] = bias
     _check_tensor_sizes(tensors, settings)
-    key = _key(op, (c, h, w), tuple(f.shape for f in filters), strides, dilations,
-               (pads.top, pads.bottom, pads.left, pads.right), data_format, activation, bias is not None,
+    key = _key(op, (c, h, w), tuple(f.shape for f in filters), geometry, activation, bias is not None,
                tuple(resolve_providers(provider, settings)))
     return ConvCall(key=key, batch=n, tensors=tensors, output_encoding=x.encoding, provider=provider)
 
 
-def _key(op: str, chw: tuple[int, int, int], filter_shapes: tuple[tuple[int, ...], ...], strides: tuple[int, int],
-         dilations: tuple[int, int], pads: tuple[int, int, int, int], data_format: str, activation: str | None,
-         bias: bool, providers: tuple[str, ...]) -> ConvKey:
-    """The graph/session signature of a request (the only place this package builds a ConvKey)."""
-    return ConvKey(op=op, chw=chw, filter_shapes=filter_shapes, strides=strides, dilations=dilations, pads=pads,
-                   data_format=data_format, activation=activation, bias=bias, providers=providers)
+def _key(op: str, chw: tuple[int, int, int], filter_shapes: tuple[tuple[int, ...], ...], geometry: ConvGeometry,
+         activation: str | None, bias: bool, providers: tuple[str, ...]) -> ConvKey:
+    """The graph/session signature of a request (the only place this package builds a ConvKey); ``geometry``
+    has its pads resolved, so ``SAME`` and the pads it stands for share one key."""
+    return ConvKey(op=op, chw=chw, filter_shapes=filter_shapes, geometry=geometry, activation=activation, bias=bias,
+                   providers=providers)

@@ -24,6 +24,7 @@ import numpy as np
 
 from sepconv.export import single_op
 from sepconv.export.errors import ExportError
+from sepconv.export.padding import ConvGeometry
 from sepconv.export.single_op import ConvGraph, ConvKey
 from sepconv.service.errors import InvalidInput
 from sepconv.service.profiling.request import ConvProfilePlan
@@ -48,13 +49,12 @@ def _key(variant: str, plan: ConvProfilePlan) -> ConvKey:
               "depthwise": ((kh, kw, c, mult),),
               "pointwise": ((1, 1, c * mult, filters),),
               "separable": ((kh, kw, c, mult), (1, 1, c * mult, filters))}[variant]
-    if variant == "pointwise":  # its input is the depthwise output: the geometry is already applied
-        strides, dilations, pads = (1, 1), (1, 1), (0, 0, 0, 0)
-    else:
-        strides, dilations, pads = plan.strides, plan.dilations, plan.pads
-    return ConvKey(op=op, chw=chw, filter_shapes=shapes, strides=strides, dilations=dilations, pads=pads,
-                   data_format="NCHW", activation=None, bias=False, providers=tuple(plan.session.providers),
-                   kind=kind)
+    g = plan.geometry
+    # NCHW graphs (no layout change inside); the pointwise input is the depthwise output: its geometry is applied
+    geometry = (ConvGeometry(1, "VALID", 1, "NCHW") if variant == "pointwise"
+                else ConvGeometry(g.strides, g.padding, g.dilations, "NCHW"))
+    return ConvKey(op=op, chw=chw, filter_shapes=shapes, geometry=geometry, activation=None, bias=False,
+                   providers=tuple(plan.session.providers), kind=kind)
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sepconv.export.errors import ExportError
-from sepconv.export.padding import conv_output_hw, resolve_padding, spatial_pair
+from sepconv.export.padding import ConvGeometry
 from sepconv.export.repository.layout import MetaKey
 from sepconv.service.errors import InvalidInput, TooLarge
 from sepconv.service.profiling.sessions import CUDA, PROVIDERS, SessionSpec, with_threads
@@ -89,9 +89,7 @@ class ConvProfilePlan:
     kernel: tuple[int, int]
     filters: int
     depth_multiplier: int
-    strides: tuple[int, int]
-    dilations: tuple[int, int]
-    pads: tuple[int, int, int, int]  # top, bottom, left, right
+    geometry: ConvGeometry  # strides, dilations and the resolved pads (NHWC, as the request gave them)
     out_hw: tuple[int, int]  # of the standard / depthwise conv
     runs: int
     warmup: int
@@ -219,10 +217,8 @@ def plan_conv_profile(req: ConvProfileRequest, settings: Settings) -> ConvProfil
         raise TooLarge(f"input has {elements} elements; this server allows {settings.conv_max_elements}")
     n, h, w, c = shape
     try:
-        strides = spatial_pair(req.strides, "strides", "NHWC")
-        dilations = spatial_pair(req.dilations, "dilations", "NHWC")
-        pads = resolve_padding(req.padding, (h, w), (kh, kw), strides, dilations, "NHWC")
-        ho, wo = conv_output_hw((h, w), (kh, kw), strides, dilations, pads)
+        geometry = ConvGeometry(req.strides, req.padding, req.dilations, "NHWC").resolved((h, w), (kh, kw))
+        _, (ho, wo) = geometry.resolve((h, w), (kh, kw))
     except ExportError as exc:
         raise InvalidInput(str(exc)) from exc
     work = n * ho * wo * kh * kw * c * req.filters
@@ -234,6 +230,5 @@ def plan_conv_profile(req: ConvProfileRequest, settings: Settings) -> ConvProfil
     if out_elements > settings.conv_max_elements:
         raise TooLarge(f"an output has {out_elements} elements; this server allows {settings.conv_max_elements}")
     return ConvProfilePlan(input_shape=shape, kernel=(kh, kw), filters=req.filters,
-                           depth_multiplier=req.depth_multiplier, strides=strides, dilations=dilations,
-                           pads=(pads.top, pads.bottom, pads.left, pads.right), out_hw=(ho, wo), runs=req.runs,
+                           depth_multiplier=req.depth_multiplier, geometry=geometry, out_hw=(ho, wo), runs=req.runs,
                            warmup=req.warmup, session=SessionSpec(with_threads(settings, req.threads), provider, "all"))
