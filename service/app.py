@@ -37,7 +37,7 @@ from sepconv import __version__
 from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.registry.registry import ModelRegistry
 from sepconv.service.rest import conv as conv_routes
-from sepconv.service.rest import ops, v2
+from sepconv.service.rest import docs, ops, v2
 from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.rest.fastpath import InferFastPath
@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="MobileNet-style networks on ONNX Runtime: KServe V2 inference, TF-exact convolutions, "
                     "per-layer profiling.",
         lifespan=lifespan,
+        docs_url=None,  # /docs with local assets: sepconv.service.rest.docs
+        redoc_url=None,  # ReDoc is CDN-only
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(conv_routes.router)
     app.include_router(profiling_routes.router)
     app.include_router(ops.router)
+    docs.install(app)
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
     app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,
