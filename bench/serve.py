@@ -215,7 +215,7 @@ def main() -> None:
                                                 "interleaved with this one's, for an A/B in the same run")
     args = ap.parse_args()
 
-    from sepconv.service.runtime import make_session
+    from sepconv.service.runtime.sessions import make_session
     from sepconv.service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))

@@ -2,12 +2,16 @@
 
 Tensors are tracked in NCHW inside the graph (ONNX's ``Conv`` layout) with the batch axis
 symbolic; an NHWC model gets one ``Transpose`` at its input.
+
+The layer kinds (:class:`Kind`, :data:`KINDS`) are owned here: the summary, the model metadata and the
+server's profiles all group layers by them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -15,8 +19,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-KINDS = ("standard", "depthwise", "pointwise", "dense", "other")
+
+class Kind(StrEnum):
+    """What a layer is, as DESIGN.md's ``kind`` field says it (a ``str``: ``Kind.DEPTHWISE == "depthwise"``)."""
+
+    STANDARD = "standard"  # a k x k conv over all input channels
+    DEPTHWISE = "depthwise"  # one k x k filter per input channel (group = in_channels)
+    POINTWISE = "pointwise"  # a 1 x 1 conv
+    DENSE = "dense"  # a classifier (Dense, or Keras' 1 x 1 conv standing in for one)
+    OTHER = "other"  # pooling, batch norm, residual add, squeeze-and-excite multiply
+
+
+KINDS: tuple[str, ...] = tuple(kind.value for kind in Kind)  # plain strings, in the summary tables' order
 BATCH = "N"
+DEFAULT_OPSET = 17  # what every graph is written at unless asked otherwise (networks, single ops, exports)
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,7 @@ def layer_totals(layers: Iterable[LayerInfo]) -> dict[str, int]:
 class GraphBuilder:
     """Collects nodes, initializers and layer accounting, then writes a checked ModelProto."""
 
-    def __init__(self, name: str, opset: int = 17) -> None:
+    def __init__(self, name: str, opset: int = DEFAULT_OPSET) -> None:
         self.name = name
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
@@ -147,6 +163,7 @@ class GraphBuilder:
     def record(self, layer: LayerInfo) -> LayerInfo:
         if layer.kind not in KINDS:
             raise ValueError(f"unknown layer kind {layer.kind!r}")
+        layer.kind = Kind(layer.kind).value  # a plain str in summaries and JSON, whatever the caller passed
         self.layers.append(layer)
         return layer
 

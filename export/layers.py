@@ -2,6 +2,11 @@
 
 Weights are given in TensorFlow/Keras layouts (``conv2d``: ``[kh, kw, in, out]``;
 ``depthwise_conv2d``: ``[kh, kw, in, multiplier]``; dense: ``[in, out]``) and converted here.
+Where a conv's window goes (strides, padding, dilations, how their 4-element forms are ordered) is one
+:class:`~sepconv.export.padding.ConvGeometry` argument, stride 1 / ``SAME`` / NHWC when left out::
+
+    y = conv2d(b, x, kernel, name="conv1", geometry=ConvGeometry(strides=2), act="relu6")
+
 Each layer records a :class:`~sepconv.export.graph.LayerInfo` (params, multiply-adds, ONNX node names)
 on the builder, so the networks, the ``/v1/conv`` endpoints and the profiler share one accounting.
 """
@@ -14,12 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from sepconv.export.errors import ExportError
-from sepconv.export.graph import BATCH, GraphBuilder, LayerInfo, Tensor, channels_last
-from sepconv.export.padding import PaddingSpec, conv_output_hw, resolve_padding, spatial_pair
+from sepconv.export.graph import BATCH, GraphBuilder, Kind, LayerInfo, Tensor, channels_last
+from sepconv.export.padding import LAYOUTS, ConvGeometry
 
 ACTIVATIONS = ("relu", "relu6", "hard_sigmoid", "hard_swish")
-LAYOUTS = ("NHWC", "NCHW")
+DEFAULT_GEOMETRY = ConvGeometry()  # stride 1, SAME, no dilation, NHWC
+POINTWISE_GEOMETRY = ConvGeometry(padding="VALID")  # a 1x1 conv: nothing to pad, strides 1
 HARD_SWISH_OPSET = 14  # the first opset with a HardSwish operator
+
+
+KERAS_BN_EPSILON = 1e-3  # keras.layers.BatchNormalization's default, which keras.applications keep
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class BatchNorm:
     beta: np.ndarray
     mean: np.ndarray
     var: np.ndarray
-    eps: float = 1e-3
+    eps: float = KERAS_BN_EPSILON
 
     @property
     def channels(self) -> int:
@@ -174,25 +183,17 @@ def _conv(
     weight_oihw: np.ndarray | _RuntimeOIHW,
     group: int,
     *,
-    keras_weight_count: int,
-    kh: int,
-    kw: int,
+    name: str,
+    kind: str,
+    geometry: ConvGeometry,
     bias: np.ndarray | GraphWeight | None,
-    strides: int | Sequence[int],
-    padding: PaddingSpec,
-    dilations: int | Sequence[int],
-    data_format: str,
     bn: BatchNorm | None,
     fold_bn: bool,
     act: str | None,
-    name: str,
-    kind: str,
 ) -> Tensor:
-    s = spatial_pair(strides, "strides", data_format)
-    d = spatial_pair(dilations, "dilations", data_format)
-    pads = resolve_padding(padding, x.hw, (kh, kw), s, d, data_format)
-    ho, wo = conv_output_hw(x.hw, (kh, kw), s, d, pads)
-    cout = int(weight_oihw.shape[0])
+    """One ONNX ``Conv`` (+ unfolded BN) (+ activation) from an OIHW weight, recorded as one layer."""
+    cout, _, kh, kw = (int(d) for d in weight_oihw.shape)
+    pads, (ho, wo) = geometry.resolve(x.hw, (kh, kw))
     if isinstance(bias, GraphWeight):
         if bias.shape != (cout,):
             raise ExportError(f"{name}: bias has shape {list(bias.shape)}, the layer has {cout} output channels")
@@ -203,9 +204,9 @@ def _conv(
     if bn is not None and bn.channels != cout:
         raise ExportError(f"{name}: batch norm has {bn.channels} channels, the layer has {cout}")
 
+    keras_weights = int(weight_oihw.size)  # the same values as the Keras kernel, only rearranged
     bias_n = 0 if bias is None else cout
     nodes: list[str] = []
-    weights_per_output = weight_oihw.size // cout
     if isinstance(weight_oihw, _RuntimeOIHW) or isinstance(bias, GraphWeight):
         # run-time weights: fed as graph inputs, nothing to fold into
         if bn is not None and fold_bn:
@@ -220,7 +221,7 @@ def _conv(
             inputs.append(b.add_input(bias.name, list(bias.shape)))
         elif bias is not None:
             inputs.append(b.const(f"{name}_B", bias))
-        deployed = int(weight_oihw.size) + bias_n
+        deployed = keras_weights + bias_n
     else:
         w = weight_oihw.astype(np.float32)
         fused_bias = bias
@@ -234,7 +235,8 @@ def _conv(
         if fused_bias is not None:
             inputs.append(b.const(f"{name}_B", fused_bias))
         deployed = int(w.size) + (0 if fused_bias is None else cout)
-    attrs: dict = {"kernel_shape": [kh, kw], "strides": list(s), "dilations": list(d), "group": group}
+    attrs: dict = {"kernel_shape": [kh, kw], "strides": list(geometry.strides), "dilations": list(geometry.dilations),
+                   "group": group}
     if not pads.is_zero:
         attrs["pads"] = pads.onnx()
     out = b.node("Conv", inputs, name, **attrs)
@@ -261,11 +263,11 @@ def _conv(
         kind=kind,
         op_type="Conv",
         output_shape=channels_last(y.shape),
-        trainable=keras_weight_count + bias_n + bn_n,
+        trainable=keras_weights + bias_n + bn_n,
         non_trainable=bn_n,
-        weight_params=keras_weight_count + (bias_n if kind == "dense" else 0),
+        weight_params=keras_weights + (bias_n if kind == Kind.DENSE else 0),
         deployed_params=deployed,
-        macs=ho * wo * int(weights_per_output) * cout,
+        macs=ho * wo * (keras_weights // cout) * cout,
         onnx_nodes=nodes,
     ))
     return y
@@ -277,11 +279,8 @@ def conv2d(
     kernel: np.ndarray | GraphWeight,
     *,
     name: str,
+    geometry: ConvGeometry = DEFAULT_GEOMETRY,
     bias: np.ndarray | GraphWeight | None = None,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingSpec = "SAME",
-    dilations: int | Sequence[int] = 1,
-    data_format: str = "NHWC",
     bn: BatchNorm | None = None,
     fold_bn: bool = True,
     act: str | None = None,
@@ -299,12 +298,11 @@ def conv2d(
     if min(kh, kw, cout) < 1:
         raise ExportError(f"{name}: filter shape {list(k.shape)} has an empty dimension")
     if kind is None:
-        kind = "pointwise" if (kh, kw) == (1, 1) else "standard"
+        kind = Kind.POINTWISE if (kh, kw) == (1, 1) else Kind.STANDARD
     weight = (_runtime_oihw(b, k, name, None, (3, 2, 0, 1)) if isinstance(k, GraphWeight)
               else k.transpose(3, 2, 0, 1))
-    return _conv(b, x, weight, 1, keras_weight_count=int(k.size), kh=kh, kw=kw, bias=bias,
-                 strides=strides, padding=padding, dilations=dilations, data_format=data_format, bn=bn,
-                 fold_bn=fold_bn, act=act, name=name, kind=kind)
+    return _conv(b, x, weight, 1, name=name, kind=kind, geometry=geometry, bias=bias, bn=bn, fold_bn=fold_bn,
+                 act=act)
 
 
 def depthwise_conv2d(
@@ -313,11 +311,8 @@ def depthwise_conv2d(
     kernel: np.ndarray | GraphWeight,
     *,
     name: str,
+    geometry: ConvGeometry = DEFAULT_GEOMETRY,
     bias: np.ndarray | GraphWeight | None = None,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingSpec = "SAME",
-    dilations: int | Sequence[int] = 1,
-    data_format: str = "NHWC",
     bn: BatchNorm | None = None,
     fold_bn: bool = True,
     act: str | None = None,
@@ -342,9 +337,8 @@ def depthwise_conv2d(
         weight = _runtime_oihw(b, k, name, (kh, kw, 1, cin * mult), (3, 2, 0, 1))
     else:
         weight = k.reshape(kh, kw, cin * mult).transpose(2, 0, 1)[:, None, :, :]
-    return _conv(b, x, weight, cin, keras_weight_count=int(k.size), kh=kh, kw=kw, bias=bias, strides=strides,
-                 padding=padding, dilations=dilations, data_format=data_format, bn=bn, fold_bn=fold_bn, act=act,
-                 name=name, kind="depthwise")
+    return _conv(b, x, weight, cin, name=name, kind=Kind.DEPTHWISE, geometry=geometry, bias=bias, bn=bn,
+                 fold_bn=fold_bn, act=act)
 
 
 def separable_conv2d(
@@ -354,15 +348,12 @@ def separable_conv2d(
     pointwise_kernel: np.ndarray | GraphWeight,
     *,
     name: str,
+    geometry: ConvGeometry = DEFAULT_GEOMETRY,
     bias: np.ndarray | GraphWeight | None = None,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingSpec = "SAME",
-    dilations: int | Sequence[int] = 1,
-    data_format: str = "NHWC",
     act: str | None = None,
 ) -> Tensor:
-    """``tf.nn.separable_conv2d``: depthwise (strides, dilations and padding apply here), then a
-    pointwise ``[1, 1, in*mult, out]`` conv (bias and activation after it). Records two layers,
+    """``tf.nn.separable_conv2d``: depthwise (the geometry applies here), then a pointwise
+    ``[1, 1, in*mult, out]`` conv (bias and activation after it). Records two layers,
     ``{name}_depthwise`` and ``{name}_pointwise``, whose params add up to Keras' ``SeparableConv2D``."""
     pw = _f32(pointwise_kernel, f"{name} pointwise filter")
     dw = _f32(depthwise_kernel, f"{name} depthwise filter")
@@ -374,10 +365,9 @@ def separable_conv2d(
             f"{name}: pointwise filter has in_channels {pw.shape[2]}, but the depthwise stage outputs "
             f"{dw.shape[2]}*{dw.shape[3]} = {dw.shape[2] * dw.shape[3]} channels"
         )
-    y = depthwise_conv2d(b, x, dw, name=f"{name}_depthwise", strides=strides, padding=padding,
-                         dilations=dilations, data_format=data_format)
-    return conv2d(b, y, pw, name=f"{name}_pointwise", bias=bias, padding="VALID", data_format=data_format,
-                  act=act, kind="pointwise")
+    y = depthwise_conv2d(b, x, dw, name=f"{name}_depthwise", geometry=geometry)
+    return conv2d(b, y, pw, name=f"{name}_pointwise", geometry=POINTWISE_GEOMETRY, bias=bias, act=act,
+                  kind=Kind.POINTWISE)
 
 
 def batch_norm(b: GraphBuilder, x: Tensor, bn: BatchNorm, name: str) -> Tensor:
@@ -389,7 +379,7 @@ def batch_norm(b: GraphBuilder, x: Tensor, bn: BatchNorm, name: str) -> Tensor:
                   b.const(f"{name}_mean", bn.mean), b.const(f"{name}_var", bn.var)],
                  name, epsilon=float(bn.eps))
     c = bn.channels
-    b.record(LayerInfo(name=name, kind="other", op_type="BatchNormalization", output_shape=channels_last(x.shape),
+    b.record(LayerInfo(name=name, kind=Kind.OTHER, op_type="BatchNormalization", output_shape=channels_last(x.shape),
                        trainable=2 * c, non_trainable=2 * c, deployed_params=4 * c, onnx_nodes=[out]))
     return Tensor(out, x.shape)
 
@@ -421,7 +411,7 @@ def dense(b: GraphBuilder, x: Tensor, kernel: np.ndarray, bias: np.ndarray | Non
     nodes.append(out)
     y, act_nodes = activation(b, Tensor(out, (None, cout)), act, name)
     n_bias = 0 if bias is None else cout
-    b.record(LayerInfo(name=name, kind="dense", op_type="Gemm", output_shape=[cout], trainable=int(k.size) + n_bias,
+    b.record(LayerInfo(name=name, kind=Kind.DENSE, op_type="Gemm", output_shape=[cout], trainable=int(k.size) + n_bias,
                        weight_params=int(k.size) + n_bias, deployed_params=int(k.size) + n_bias,
                        macs=cin * cout, onnx_nodes=nodes + act_nodes))
     return y
@@ -435,14 +425,14 @@ def global_avg_pool(b: GraphBuilder, x: Tensor, *, name: str, keepdims: bool = T
         out = b.node("Flatten", [out], f"{name}_flatten", axis=1)
         nodes.append(out)
         shape = (None, x.channels)
-    b.record(LayerInfo(name=name, kind="other", op_type="GlobalAveragePool", output_shape=channels_last(shape),
+    b.record(LayerInfo(name=name, kind=Kind.OTHER, op_type="GlobalAveragePool", output_shape=channels_last(shape),
                        onnx_nodes=nodes))
     return Tensor(out, shape)
 
 
 def _elementwise(b: GraphBuilder, op: str, x: Tensor, y: Tensor, name: str) -> Tensor:
     out = b.node(op, [x.name, y.name], name)
-    b.record(LayerInfo(name=name, kind="other", op_type=op, output_shape=channels_last(x.shape), onnx_nodes=[out]))
+    b.record(LayerInfo(name=name, kind=Kind.OTHER, op_type=op, output_shape=channels_last(x.shape), onnx_nodes=[out]))
     return Tensor(out, x.shape)
 
 

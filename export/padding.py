@@ -1,7 +1,11 @@
-"""TensorFlow's stride/dilation/padding rules, defined once.
+"""TensorFlow's stride/dilation/padding rules, defined once, and :class:`ConvGeometry`, the value that carries them.
 
 Every convolution in the project (the networks, the single-op graphs behind `/v1/conv`, the
 accounting) resolves its padding here, so `SAME` means exactly what `tf.nn.conv2d` means.
+
+A :class:`ConvGeometry` is read once (strides and dilations to ``(h, w)`` pairs, padding to a mode or explicit
+:class:`Pads`, each checked) and then only answers questions: the pads and output size for an input
+(:meth:`ConvGeometry.resolve`), or itself with explicit pads (:meth:`ConvGeometry.resolved`, what a cache key holds).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 from sepconv.export.errors import ExportError
 
 PaddingSpec = str | Sequence[Sequence[int]] | Sequence[int]
+LAYOUTS = ("NHWC", "NCHW")
+PADDING_MODES = ("SAME", "VALID", "SYMMETRIC")
 
 # Larger strides, dilations or pads than this are nonsense for an image and overflow ONNX's int64 attributes.
 MAX_SPATIAL = 2**31 - 1
@@ -86,30 +92,16 @@ def symmetric_pad_1d(k: int, dilation: int) -> tuple[int, int]:
     return p, p
 
 
-def resolve_padding(
-    padding: PaddingSpec,
-    in_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    strides: tuple[int, int],
-    dilations: tuple[int, int],
-    data_format: str = "NHWC",
-) -> Pads:
-    """Turn a TF padding argument into explicit pads.
-
-    ``padding`` is ``"SAME"``, ``"VALID"``, ``"SYMMETRIC"`` (PyTorch style), or TF's explicit
-    form ``[[0,0],[top,bottom],[left,right],[0,0]]`` (NHWC order; NCHW puts the channel pair
-    second), or a flat ``[top, bottom, left, right]``.
-    """
+def parse_padding(padding: PaddingSpec | Pads, data_format: str = "NHWC") -> str | Pads:
+    """Read a TF padding argument: a mode (``"SAME"``, ``"VALID"``, ``"SYMMETRIC"`` (PyTorch style), any case)
+    or explicit pads — TF's ``[[0,0],[top,bottom],[left,right],[0,0]]`` (NHWC order; NCHW puts the channel pair
+    second), ``[[top,bottom],[left,right]]`` or a flat ``[top, bottom, left, right]``."""
+    if isinstance(padding, Pads):
+        return padding
     if isinstance(padding, str):
         mode = padding.upper()
-        if mode == "SAME":
-            return Pads(*same_pad_1d(in_hw[0], kernel_hw[0], strides[0], dilations[0]),
-                        *same_pad_1d(in_hw[1], kernel_hw[1], strides[1], dilations[1]))
-        if mode == "VALID":
-            return Pads(0, 0, 0, 0)
-        if mode == "SYMMETRIC":
-            return Pads(*symmetric_pad_1d(kernel_hw[0], dilations[0]),
-                        *symmetric_pad_1d(kernel_hw[1], dilations[1]))
+        if mode in PADDING_MODES:
+            return mode
         raise ExportError(f"padding must be 'SAME', 'VALID', 'SYMMETRIC' or explicit pads, got {padding!r}")
     if not isinstance(padding, Sequence):
         raise ExportError(f"padding must be 'SAME', 'VALID', 'SYMMETRIC' or explicit pads, got {padding!r}")
@@ -136,6 +128,30 @@ def resolve_padding(
     return pads
 
 
+def mode_pads(mode: str, in_hw: tuple[int, int], kernel_hw: tuple[int, int], strides: tuple[int, int],
+              dilations: tuple[int, int]) -> Pads:
+    """The pads a padding mode (one of :data:`PADDING_MODES`) gives on this input."""
+    if mode == "SAME":
+        return Pads(*same_pad_1d(in_hw[0], kernel_hw[0], strides[0], dilations[0]),
+                    *same_pad_1d(in_hw[1], kernel_hw[1], strides[1], dilations[1]))
+    if mode == "SYMMETRIC":
+        return Pads(*symmetric_pad_1d(kernel_hw[0], dilations[0]), *symmetric_pad_1d(kernel_hw[1], dilations[1]))
+    return Pads(0, 0, 0, 0)  # VALID
+
+
+def resolve_padding(
+    padding: PaddingSpec,
+    in_hw: tuple[int, int],
+    kernel_hw: tuple[int, int],
+    strides: tuple[int, int],
+    dilations: tuple[int, int],
+    data_format: str = "NHWC",
+) -> Pads:
+    """Turn a TF padding argument (any form :func:`parse_padding` reads) into explicit pads."""
+    form = parse_padding(padding, data_format)
+    return form if isinstance(form, Pads) else mode_pads(form, in_hw, kernel_hw, strides, dilations)
+
+
 def conv_output_hw(
     in_hw: tuple[int, int],
     kernel_hw: tuple[int, int],
@@ -157,3 +173,51 @@ def conv_output_hw(
             )
         out.append((padded - ek) // s + 1)
     return out[0], out[1]
+
+
+@dataclass(frozen=True, init=False)
+class ConvGeometry:
+    """Where a convolution's window goes: TF's ``strides``, ``padding``, ``dilations`` and ``data_format``.
+
+    Built from any form TF accepts (an int, ``[h, w]`` or the 4-element form; a padding mode or explicit pads)
+    and checked at once; afterwards ``strides``/``dilations`` are ``(h, w)`` pairs and ``padding`` is a mode
+    (``"SAME"``, ``"VALID"``, ``"SYMMETRIC"``) or :class:`Pads`. ``data_format`` only says how the 4-element
+    forms are ordered (the graph itself is NCHW). Equal geometries compare and hash equal.
+    The default is stride 1, ``SAME``, no dilation, NHWC.
+    """
+
+    strides: tuple[int, int]
+    padding: str | Pads
+    dilations: tuple[int, int]
+    data_format: str
+
+    def __init__(self, strides: int | Sequence[int] = 1, padding: PaddingSpec | Pads = "SAME",
+                 dilations: int | Sequence[int] = 1, data_format: str = "NHWC") -> None:
+        if data_format not in LAYOUTS:
+            raise ExportError(f"data_format must be NHWC or NCHW, got {data_format!r}")
+        object.__setattr__(self, "data_format", data_format)
+        object.__setattr__(self, "strides", spatial_pair(strides, "strides", data_format))
+        object.__setattr__(self, "dilations", spatial_pair(dilations, "dilations", data_format))
+        object.__setattr__(self, "padding", parse_padding(padding, data_format))
+
+    def pads(self, in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> Pads:
+        """The explicit pads on an ``in_hw`` input with a ``kernel_hw`` kernel."""
+        if isinstance(self.padding, Pads):
+            return self.padding
+        return mode_pads(self.padding, in_hw, kernel_hw, self.strides, self.dilations)
+
+    def resolve(self, in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> tuple[Pads, tuple[int, int]]:
+        """The pads and the output ``(height, width)``; refuses a kernel larger than the padded input."""
+        pads = self.pads(in_hw, kernel_hw)
+        return pads, conv_output_hw(in_hw, kernel_hw, self.strides, self.dilations, pads)
+
+    def resolved(self, in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> ConvGeometry:
+        """This geometry with its padding made explicit for that input (one form per graph: a cache key)."""
+        pads = self.pads(in_hw, kernel_hw)
+        if pads == self.padding:
+            return self
+        same = object.__new__(ConvGeometry)  # every field is already checked: skip __init__ (the /v1/conv path)
+        for name, value in (("strides", self.strides), ("padding", pads), ("dilations", self.dilations),
+                            ("data_format", self.data_format)):
+            object.__setattr__(same, name, value)
+        return same

@@ -19,28 +19,29 @@ import numpy as np
 import onnx
 
 from sepconv.export import layers
-from sepconv.export.graph import GraphBuilder
+from sepconv.export.graph import GraphBuilder, Kind
+from sepconv.export.padding import ConvGeometry
 from sepconv.export.repository.layout import MetaKey
 
 OPS = ("conv2d", "depthwise_conv2d", "separable_conv2d")
-OPSET = 17
 
 
 @dataclass(frozen=True)
 class ConvKey:
-    """Everything a graph/session depends on (the cache signature); pads are already resolved."""
+    """Everything a graph/session depends on (the cache signature).
+
+    ``geometry`` should hold explicit pads (``ConvGeometry(...).resolved(hw, kernel_hw)``), so that ``SAME`` and
+    the pads it stands for share one key; for separable_conv2d it is the depthwise stage's.
+    """
 
     op: str
     chw: tuple[int, int, int]  # input channels, height, width (per image)
     filter_shapes: tuple[tuple[int, ...], ...]  # TF layouts, in graph-input order
-    strides: tuple[int, int]
-    dilations: tuple[int, int]
-    pads: tuple[int, int, int, int]  # top, bottom, left, right
-    data_format: str
+    geometry: ConvGeometry  # strides, padding, dilations, data_format (the input's layout)
     activation: str | None
     bias: bool
     providers: tuple[str, ...]
-    kind: str | None = None  # conv2d only: the accounting kind ("standard" / "pointwise"; default by kernel size)
+    kind: Kind | None = None  # conv2d only: the accounting kind (standard / pointwise; default by kernel size)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,9 @@ def build(key: ConvKey, weights: np.random.Generator | None = None) -> ConvGraph
     a generator: they are seeded standard-normal constants in the graph, as in a deployed model, so that
     ONNX Runtime can pre-pack them (the profiler's single-layer graphs)."""
     c, h, w = key.chw
-    b = GraphBuilder(f"sepconv_{key.op}", opset=OPSET)
-    x = layers.network_input(b, "input", key.data_format, c, h, w)
+    layout = key.geometry.data_format
+    b = GraphBuilder(f"sepconv_{key.op}")
+    x = layers.network_input(b, "input", layout, c, h, w)
 
     def weight(name: str, shape: tuple[int, ...]) -> layers.GraphWeight | np.ndarray:
         if weights is None:
@@ -87,8 +89,7 @@ def build(key: ConvKey, weights: np.random.Generator | None = None) -> ConvGraph
         return weights.standard_normal(shape).astype(np.float32)
 
     bias = weight("bias", (_out_channels(key),)) if key.bias else None
-    args = dict(bias=bias, strides=list(key.strides), padding=list(key.pads), dilations=list(key.dilations),
-                data_format=key.data_format, act=key.activation)
+    args = dict(geometry=key.geometry, bias=bias, act=key.activation)
     if key.op == "conv2d":
         y = layers.conv2d(b, x, weight("filter", key.filter_shapes[0]), name="conv2d", kind=key.kind, **args)
     elif key.op == "depthwise_conv2d":
@@ -100,12 +101,12 @@ def build(key: ConvKey, weights: np.random.Generator | None = None) -> ConvGraph
                                     name="separable_conv2d", **args)
     else:
         raise ValueError(f"unknown convolution op {key.op!r}")
-    layers.network_output(b, y, "output", key.data_format)
+    layers.network_output(b, y, "output", layout)
 
     kh, kw = key.filter_shapes[0][:2]
     ho, wo = y.hw
     cout = y.channels
-    out_shape = (ho, wo, cout) if key.data_format == "NHWC" else (cout, ho, wo)
+    out_shape = (ho, wo, cout) if layout == "NHWC" else (cout, ho, wo)
     return ConvGraph(
         key=key,
         builder=b,

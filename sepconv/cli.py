@@ -1,4 +1,5 @@
-"""The ``sepconv`` command: one Typer app; each sub-command lives in its own module."""
+"""The ``sepconv`` command: one Typer app; each sub-command lives in its own module of :mod:`sepconv.commands`
+and is registered from the list there."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sepconv import cmd_export, cmd_profile, cmd_serve  # noqa: PLC0415
+    """Add every command of :data:`sepconv.commands.COMMANDS` to :data:`app`."""
+    from sepconv.commands import COMMANDS  # noqa: PLC0415
 
-    for module in (cmd_export, cmd_serve, cmd_profile):
+    for module in COMMANDS:
         module.register(app)
 
 

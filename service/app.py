@@ -11,8 +11,7 @@ same event loop once the models are loaded).
 * ``app.state.registry`` — the loaded models: ``.get(name, version=None)`` returns the
   :class:`~sepconv.service.registry.model.LoadedModel` (``.name, .version, .path, .session, .metadata,
   .max_batch_size, .config, .providers``...) or raises ``ModelNotFound`` / ``NotFound`` (version) /
-  ``ModelNotReady`` / ``InvalidInput``. ``app.state.repository`` is the same object under its old name, kept
-  while ``service/profiling_api.py`` reads it.
+  ``ModelNotReady`` / ``InvalidInput``.
 * ``app.state.dataplane`` — what every transport calls; ``app.state.executor`` — the thread pool that runs
   ``session.run``; ``app.state.in_flight`` — requests being handled (HTTP, and gRPC infer requests);
   ``app.state.grpc`` — the :class:`~sepconv.service.grpc.server.GrpcServer` while it runs (``.port``), else ``None``.
@@ -43,7 +42,7 @@ from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.grpc.server import GrpcServer
 from sepconv.service.registry.registry import ModelRegistry
 from sepconv.service.rest import conv as conv_routes
-from sepconv.service.rest import ops, v2
+from sepconv.service.rest import docs, ops, v2
 from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.rest.fastpath import InferFastPath
@@ -97,10 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="MobileNet-style networks on ONNX Runtime: KServe V2 inference, TF-exact convolutions, "
                     "per-layer profiling.",
         lifespan=lifespan,
+        docs_url=None,  # /docs with local assets: sepconv.service.rest.docs
+        redoc_url=None,  # ReDoc is CDN-only
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.repository = registry  # TRANSITIONAL alias: service/profiling_api.py still reads it
     app.state.dataplane = dataplane
     app.state.executor = executor
     app.state.in_flight = in_flight
@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(conv_routes.router)
     app.include_router(profiling_routes.router)
     app.include_router(ops.router)
+    docs.install(app)
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
     app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,

@@ -102,12 +102,3 @@ class NotSupported(ServiceError):
 class InternalError(ServiceError):
     """The server failed; not the client's fault."""
 
-
-class ApiError(Exception):
-    """TRANSITIONAL (being removed by the redesign): an error carrying an HTTP status. Use the typed errors above."""
-
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status_code = int(status_code)
-        self.message = str(message)
-        self.headers = headers

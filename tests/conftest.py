@@ -45,7 +45,8 @@ def build_cnn(path: Path, seed: int = 0, classes: int = CNN_CLASSES, metadata: d
     b = GraphBuilder("tiny_cnn")
     h, w, c = CNN_SHAPE
     x = L.network_input(b, "input", "NHWC", c, h, w)
-    x = L.conv2d(b, x, rng.standard_normal((3, 3, c, 4)).astype(np.float32), name="conv1", strides=2, act="relu6")
+    x = L.conv2d(b, x, rng.standard_normal((3, 3, c, 4)).astype(np.float32), name="conv1",
+                 geometry=L.ConvGeometry(strides=2), act="relu6")
     x = L.separable_conv2d(b, x, rng.standard_normal((3, 3, 4, 1)).astype(np.float32),
                            rng.standard_normal((1, 1, 4, 8)).astype(np.float32), name="sep1", act="relu")
     x = L.global_avg_pool(b, x, name="pool", keepdims=False)

@@ -54,6 +54,8 @@ def test_summary_table():
         (["summary", "mobilenet_v2", "--alpha", "4", "--classes", "1000000"], "the most an ONNX file holds"),
         (["export", "mobilenet_v1", "--max-batch", "-1", "--repo", "{tmp}"], "max batch"),
         (["export", "mobilenet_v1", "--name", "../x", "--repo", "{tmp}"], "model name"),
+        (["export", "mobilenet_v1", "--name", "_m", "--repo", "{tmp}"], "invalid model name '_m'"),
+        (["export", "mobilenet_v1", "--name", "a..b", "--repo", "{tmp}"], "invalid model name 'a..b'"),
         (["export", "mobilenet_v1", "--weights", "{tmp}/none.h5", "--repo", "{tmp}"], "does not exist"),
         (["export", "--catalog", "{tmp}/none.toml"], "does not exist"),
         (["export"], "architecture"),
@@ -67,12 +69,33 @@ def test_bad_arguments_fail_cleanly(tmp_path, args, message):
     assert not list(tmp_path.rglob("*.onnx"))
 
 
+@pytest.mark.parametrize("name", ["_m", "a..b"])
+def test_export_refuses_a_name_the_server_would_skip_and_writes_nothing(tmp_path, name):
+    repo = tmp_path / "repo"
+    r = sepconv("export", "mobilenet_v2", "--alpha", "0.35", "--resolution", "96", "--name", name,
+                "--repo", str(repo))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: invalid model name") and "Traceback" not in r.stderr
+    assert not repo.exists()
+
+
+def test_unknown_architecture_lists_the_registered_ones():
+    from sepconv.export.networks import list_models  # noqa: PLC0415
+
+    r = sepconv("summary", "mobilenet_v7")
+    assert r.returncode == 2
+    assert f"expected one of {', '.join(list_models())}" in r.stderr
+
+
 def test_export_prints_the_model_path_and_catalog_skips_up_to_date(tmp_path):
     r = sepconv("export", "mobilenet_v3_small", "--alpha", "0.75", "--resolution", "64", "--repo", str(tmp_path),
                 "--name", "small", "--version", "2", "--max-batch", "4", "--classes", "10")
     assert r.returncode == 0, r.stderr
     path = Path(r.stdout.strip().splitlines()[-1])
     assert path == tmp_path / "small" / "2" / "model.onnx" and path.is_file()
+    from sepconv.export.repository.layout import valid_name  # noqa: PLC0415
+
+    assert valid_name(path.parent.parent.name)
     assert "max_batch_size: 4" in (tmp_path / "small" / "config.pbtxt").read_text()
 
     catalog = tmp_path / "catalog.toml"

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from sepconv.service.app import create_app
+from sepconv.service.conv.request import read
+from sepconv.service.errors import InvalidInput, NotFound, TooLarge, Unprocessable
 from sepconv.service.settings import Settings
 from tests.serving import running_server
 
@@ -244,3 +246,21 @@ def test_a_body_over_max_request_bytes_is_413_declared_or_streamed(tight: httpx.
     r = tight.post("/v1/conv/conv2d", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "200000 bytes" in r.json()["error"], r.text
     _still_serving(tight)
+
+
+def test_the_request_layer_raises_typed_errors_cheapest_first() -> None:
+    """Without a server: ``read`` gives the domain error the REST table maps to the statuses above."""
+    settings = Settings(providers="cpu", load_at_startup=False, conv_max_list_elements=100, conv_max_elements=4096)
+    with pytest.raises(NotFound):
+        read("conv3d", b"{not json", settings)  # the op before anything else
+    with pytest.raises(TooLarge, match="SEPCONV_CONV_MAX_LIST_ELEMENTS"):
+        read("conv2d", b"[" + b"0," * 200 + b"{not json", settings)  # counted before parsing
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        read("conv2d", b"{not json", settings)
+    with pytest.raises(Unprocessable, match="needs 'filter'"):
+        read("conv2d", json.dumps({"input": X}).encode(), settings)
+    huge = {"shape": [1, 100, 100, 2], "datatype": "FP32", "b64": ""}  # declared size, never decoded
+    with pytest.raises(TooLarge, match="input has 20000 elements"):
+        read("conv2d", json.dumps({"input": huge, "filter": F}).encode(), settings)
+    call = read("conv2d", b'{"input": [[[[1, NaN]]]], "filter": [[[[1], [1]]]]}', settings)  # NaN token accepted
+    assert call.batch == 1 and call.key.chw == (2, 1, 1) and call.key.providers == ("CPUExecutionProvider",)

@@ -10,8 +10,9 @@ import pytest
 from sepconv.export import layers
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder
+from sepconv.export.padding import ConvGeometry, Pads
 from sepconv.export.single_op import ConvKey, build
-from sepconv.service.conv_cache import CompiledConv, ConvCache
+from sepconv.service.conv.cache import CompiledConv, ConvCache
 
 
 def _session(b: GraphBuilder) -> ort.InferenceSession:
@@ -29,7 +30,7 @@ def test_runtime_weights_equal_baked_weights(op: str, layout: str) -> None:
     out_c = {"conv2d": 4, "depthwise_conv2d": 6, "separable_conv2d": 5}[op]
     bias = rng.standard_normal(out_c).astype(np.float32)
     names = ["depthwise_filter", "pointwise_filter"] if op == "separable_conv2d" else ["filter"]
-    args = dict(strides=[2, 1], padding="SAME", dilations=1, data_format=layout, act="relu6")
+    args = dict(geometry=ConvGeometry(strides=[2, 1], padding="SAME", dilations=1, data_format=layout), act="relu6")
 
     def graph(runtime: bool) -> GraphBuilder:
         b = GraphBuilder("g")
@@ -64,9 +65,9 @@ def test_runtime_weights_refuse_bn_folding() -> None:
 
 
 def _key(**overrides) -> ConvKey:
-    base = dict(op="separable_conv2d", chw=(4, 8, 8), filter_shapes=((3, 3, 4, 2), (1, 1, 8, 6)), strides=(1, 1),
-                dilations=(1, 1), pads=(1, 1, 1, 1), data_format="NHWC", activation=None, bias=True,
-                providers=("CPUExecutionProvider",))
+    base = dict(op="separable_conv2d", chw=(4, 8, 8), filter_shapes=((3, 3, 4, 2), (1, 1, 8, 6)),
+                geometry=ConvGeometry(strides=(1, 1), padding=Pads(1, 1, 1, 1), dilations=(1, 1), data_format="NHWC"),
+                activation=None, bias=True, providers=("CPUExecutionProvider",))
     return ConvKey(**{**base, **overrides})
 
 
@@ -92,7 +93,7 @@ def test_cache_is_a_bounded_lru_with_counters() -> None:
             return CompiledConv(graph=build(key), session=None, provider="CPUExecutionProvider", build_ms=0.0)
         return make
 
-    k1, k2, k3 = _key(), _key(strides=(2, 2), pads=(0, 1, 0, 1)), _key(activation="relu")
+    k1, k2, k3 = _key(), _key(geometry=ConvGeometry(strides=2, padding=Pads(0, 1, 0, 1))), _key(activation="relu")
     assert cache.get_or_build(k1, builder(k1))[1] is False
     assert cache.get_or_build(k1, builder(k1))[1] is True
     cache.get_or_build(k2, builder(k2))

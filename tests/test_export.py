@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from sepconv.export.errors import ExportError
-from sepconv.export.networks import build_network
+from sepconv.export.networks import NetworkConfig, build_network, list_models
 from sepconv.export.repository.catalog import DEFAULT_CATALOG, ExportRequest, export, load_catalog
-from sepconv.export.repository.layout import DynamicBatching
+from sepconv.export.repository.layout import DynamicBatching, LayoutError, MetaKey, valid_name
 from sepconv.export.repository.writer import config_pbtxt, write_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,36 @@ def test_name_and_version_options(tmp_path):
         export(ExportRequest(**SMALL, max_batch_size=-1), tmp_path)
     with pytest.raises(ExportError, match="does not exist"):
         export(ExportRequest(**SMALL, weights=tmp_path / "missing.h5"), tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["_m", "a..b"])
+def test_names_the_server_would_skip_are_refused_before_any_work(tmp_path, bad):
+    assert not valid_name(bad)
+    with pytest.raises(LayoutError, match="invalid model name"):
+        export(ExportRequest(**SMALL, name=bad), tmp_path)
+    # checked first: before the weights file is looked at (it does not exist) and before anything is built
+    with pytest.raises(LayoutError, match="invalid model name"):
+        export(ExportRequest(**SMALL, name=bad, weights=tmp_path / "missing.h5"), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize(("alpha", "resolution"), [(1.0, 224), (0.35, 96), (0.75, 160), (1.3, 32), (1e-05, 4096)])
+def test_default_names_are_names_the_server_serves(arch, alpha, resolution):
+    assert valid_name(NetworkConfig(arch, alpha=alpha, resolution=resolution).default_name)
+
+
+def test_exported_name_is_valid_and_metadata_uses_the_layout_keys(tmp_path):
+    result = export(ExportRequest(**SMALL, name="v2.small-1"), tmp_path)
+    assert valid_name(result.name) and result.path.parent.parent.name == result.name
+    meta = _meta(result.path)
+    keys = {v for k, v in vars(MetaKey).items() if k.isupper() and k != "INTERNAL_PREFIX"}
+    written = {MetaKey.ARCHITECTURE, MetaKey.ALPHA, MetaKey.RESOLUTION, MetaKey.CLASSES, MetaKey.INCLUDE_TOP,
+               MetaKey.PADDING, MetaKey.INPUT_NAME, MetaKey.OUTPUT_NAME, MetaKey.INPUT_LAYOUT, MetaKey.INPUT_SHAPE,
+               MetaKey.PREPROCESSING, MetaKey.OUTPUT, MetaKey.WEIGHTS, MetaKey.BN_FOLDED, MetaKey.PARAMS,
+               MetaKey.TRAINABLE_PARAMS, MetaKey.WEIGHT_PARAMS, MetaKey.DEPLOYED_PARAMS, MetaKey.MACS,
+               MetaKey.SUMMARY, MetaKey.EXPORT_KEY}
+    assert set(meta) == written and written <= keys
 
 
 def test_write_model_refuses_an_unwritable_repository(tmp_path):

@@ -78,7 +78,7 @@ def test_conv_huge_nested_list_body_is_413_before_parsing(http: httpx.Client) ->
 
 
 def test_conv_nested_list_output_over_the_limit_is_413_and_b64_still_works(http: httpx.Client) -> None:
-    from sepconv.service.conv_codec import from_b64, to_b64  # noqa: PLC0415
+    from sepconv.service.conv.codec import from_b64, to_b64  # noqa: PLC0415
 
     x = np.ones((1, 8, 8, 1), np.float32)
     f = np.ones((1, 1, 1, 128), np.float32)  # 64 inputs -> 8192 outputs (> LIST_LIMIT)
@@ -117,7 +117,7 @@ def test_profile_bodies_still_validate_like_before(http: httpx.Client) -> None:
 def test_profile_csv_dash_is_stdout(capsys: pytest.CaptureFixture[str], tmp_path, monkeypatch) -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from sepconv.cmd_profile import write_csv  # noqa: PLC0415
+    from sepconv.commands.profile import write_csv  # noqa: PLC0415
 
     monkeypatch.chdir(tmp_path)
     result = {"layers": [{"name": "conv_dw_1", "kind": "depthwise", "op_type": "Conv", "output_shape": [4, 4, 8],

@@ -12,6 +12,7 @@ import pytest
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder
+from sepconv.export.padding import ConvGeometry
 from tests.fixtures import reference
 from tests.numpy_reference import (
     conv2d_nhwc,
@@ -41,8 +42,7 @@ def single_layer(op: str, in_shape_nhwc: tuple[int, int, int, int], layout: str,
     n, h, w, c = in_shape_nhwc
     b = GraphBuilder("single", opset=opset)
     x = L.network_input(b, "input", layout, c, h, w)
-    kw = {"name": "op", "strides": strides, "padding": padding, "dilations": dilations, "data_format": layout,
-          "act": act}
+    kw = {"name": "op", "geometry": ConvGeometry(strides, padding, dilations, layout), "act": act}
     if op == "conv2d":
         y = L.conv2d(b, x, filters[0], bias=bias, **kw)
     elif op == "depthwise_conv2d":
@@ -257,7 +257,7 @@ def test_folded_batch_norm_equals_the_kept_one(op, filter_shape):
         b = GraphBuilder("bn")
         t = L.network_input(b, "input", "NHWC", 4, 9, 8)
         layer = getattr(L, op)
-        t = layer(b, t, f, name="op", bias=bias, strides=2, bn=bn, fold_bn=fold, act="relu6")
+        t = layer(b, t, f, name="op", geometry=ConvGeometry(strides=2), bias=bias, bn=bn, fold_bn=fold, act="relu6")
         L.network_output(b, t, "output", "NHWC")
         ops = {n.op_type for n in b.nodes}
         assert ("BatchNormalization" in ops) is not fold
@@ -366,3 +366,31 @@ def test_random_convs_match_pytorch():
         if y.shape != ref.shape or max_rel_err(y, ref) > TOL:
             failures.append((case, y.shape, ref.shape))
     assert not failures, failures[:3]
+
+
+# --------------------------------------------------------------------------------------------
+# ConvGeometry: TF's stride/padding/dilation arguments, read once
+# --------------------------------------------------------------------------------------------
+def test_conv_geometry_reads_every_tf_form_once():
+    from sepconv.export.padding import ConvGeometry, Pads  # noqa: PLC0415
+
+    g = ConvGeometry()
+    assert (g.strides, g.padding, g.dilations, g.data_format) == ((1, 1), "SAME", (1, 1), "NHWC")
+    assert ConvGeometry([1, 2, 3, 1], "same", [1, 1, 1, 1]) == ConvGeometry((2, 3), "SAME", 1)
+    assert ConvGeometry([1, 1, 2, 3], "VALID", data_format="NCHW").strides == (2, 3)
+    nhwc = ConvGeometry(padding=[[0, 0], [1, 2], [3, 4], [0, 0]])
+    nchw = ConvGeometry(padding=[[0, 0], [0, 0], [1, 2], [3, 4]], data_format="NCHW")
+    assert nhwc.padding == nchw.padding == Pads(1, 2, 3, 4)
+    assert len({ConvGeometry(2), ConvGeometry([2, 2]), ConvGeometry([1, 2, 2, 1])}) == 1  # hashable, one form
+    # TF SAME on 7x6 with a 3x3 kernel, strides 2: out 4x3, pads (1, 1) and (0, 1)
+    pads, out = ConvGeometry(2).resolve((7, 6), (3, 3))
+    assert (pads, out) == (Pads(1, 1, 0, 1), (4, 3))
+    assert ConvGeometry(2).resolved((7, 6), (3, 3)) == ConvGeometry(2, Pads(1, 1, 0, 1))
+    assert ConvGeometry(padding="SYMMETRIC", dilations=2).pads((5, 5), (3, 3)) == Pads(2, 2, 2, 2)
+    for kwargs, message in (({"strides": 0}, "strides must be >= 1"), ({"dilations": [1, 2, 3]}, "1, 2 or 4"),
+                            ({"padding": "FULL"}, "padding must be"), ({"data_format": "HWC"}, "NHWC or NCHW"),
+                            ({"padding": [[0, 0], [-1, 0], [0, 0], [0, 0]]}, ">= 0")):
+        with pytest.raises(ExportError, match=message):
+            ConvGeometry(**kwargs)
+    with pytest.raises(ExportError, match="larger than the padded input"):
+        ConvGeometry(padding="VALID").resolve((2, 2), (3, 3))

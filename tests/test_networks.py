@@ -14,7 +14,7 @@ import pytest
 
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import layer_totals
-from sepconv.export.networks import ARCHS, build_network, make_divisible, network_layers
+from sepconv.export.networks import build_network, list_models, make_divisible, network_layers
 from sepconv.export.networks.common import correct_pad
 from sepconv.export.summary import summary_dict
 from sepconv.export.weights import RandomWeights
@@ -349,7 +349,29 @@ def test_accounting_matches_the_checked_model():
 
 
 def test_archs():
-    assert ARCHS == ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+    assert list_models() == ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+
+
+def test_registry_builds_each_architecture_and_names_them_all_when_unknown():
+    from sepconv.export.networks import get_model_builder, register_model  # noqa: PLC0415
+
+    for arch in list_models():
+        assert callable(get_model_builder(arch))
+        assert network_layers(arch, resolution=32)[0].arch == arch
+    with pytest.raises(ExportError, match="unknown architecture 'resnet'; expected one of mobilenet_v1, mobilenet_v2, "
+                                          "mobilenet_v3_large, mobilenet_v3_small"):
+        get_model_builder("resnet")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("mobilenet_v2")(get_model_builder("mobilenet_v2"))
+
+
+def test_recorded_kinds_are_the_plain_strings_of_kinds():
+    from sepconv.export.graph import KINDS, Kind  # noqa: PLC0415
+
+    assert KINDS == ("standard", "depthwise", "pointwise", "dense", "other") == tuple(Kind)
+    _, layers = network_layers("mobilenet_v3_small", resolution=32)
+    assert {type(la.kind) for la in layers} == {str}
+    assert {la.kind for la in layers} == set(KINDS)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,16 +12,30 @@ import pytest
 from sepconv.export import layers as L
 from sepconv.export.graph import GraphBuilder
 from sepconv.export.networks import build_network
-from sepconv.service import profile_trace as pt
-from sepconv.service.errors import ApiError
-from sepconv.service.profile_isolated import layer_graphs
-from sepconv.service.profiler import ProfileRequest, TraceStore, profile_model
+from sepconv.export.padding import Pads
+from sepconv.service.errors import Busy, InvalidInput, NotFound, TooLarge
+from sepconv.service.profiling import trace as pt
+from sepconv.service.profiling.engine import profile_model
+from sepconv.service.profiling.gate import ProfileGate, TraceStore
+from sepconv.service.profiling.isolated import layer_graphs
+from sepconv.service.profiling.request import (
+    ConvProfileRequest,
+    ProfilePlan,
+    ProfileRequest,
+    plan_conv_profile,
+    plan_profile,
+)
+from sepconv.service.profiling.timing import percentile, summarize
 from sepconv.service.settings import Settings
 
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
     return Settings(trace_dir=tmp_path / "traces", profile_keep_traces=2)
+
+
+def _plan(settings: Settings, **fields: object) -> ProfilePlan:
+    return plan_profile(ProfileRequest(**fields), settings)
 
 
 @pytest.mark.parametrize(("arch", "layout", "fused"), [
@@ -34,7 +48,7 @@ def test_every_runtime_node_maps_to_a_layer(arch: str, layout: str, fused: bool,
     net = build_network(arch, alpha=0.5, resolution=64, input_layout=layout)
     path = tmp_path / "model.onnx"
     onnx.save(net.model, path)
-    result = profile_model(path, arch, ProfileRequest(runs=2, warmup=1, fused=fused), settings,
+    result = profile_model(path, arch, _plan(settings, runs=2, warmup=1, fused=fused),
                            TraceStore(settings.trace_dir, 2))
     assert [r["name"] for r in result["layers"]] == [la.name for la in net.layers]
     assert result["unattributed_nodes"] == []
@@ -60,13 +74,13 @@ def _residual_graph() -> onnx.ModelProto:
 def test_fused_add_and_layout_nodes(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "residual.onnx"
     onnx.save(_residual_graph(), path)
-    result = profile_model(path, "residual", ProfileRequest(runs=3, warmup=1), settings,
+    result = profile_model(path, "residual", _plan(settings, runs=3, warmup=1),
                            TraceStore(settings.trace_dir, 2))
     rows = {r["name"]: r for r in result["layers"]}
     assert rows["add"]["fused_into"] == "project" and rows["add"]["time_us"]["p50"] == 0
     assert any(n.endswith("_nchwc") for n in rows["project"]["nodes"])
     assert result["unattributed_nodes"] == []
-    unfused = profile_model(path, "residual", ProfileRequest(runs=3, warmup=1, fused=False), settings,
+    unfused = profile_model(path, "residual", _plan(settings, runs=3, warmup=1, fused=False),
                             TraceStore(settings.trace_dir, 2))
     rows = {r["name"]: r for r in unfused["layers"]}
     assert rows["add"]["nodes"] == ["add"] and rows["stem"]["nodes"] == ["stem", "stem_relu6"]
@@ -85,8 +99,8 @@ def test_trace_runs_and_percentiles() -> None:
     assert pt.runs_of(events) == [{"a": 30.0, "b": 20.0}, {"a": 45.0}]
     assert pt.execution_order(events) == ["a", "a"]
     assert pt.run_walls(events) == [100.0, 100.0]
-    assert pt.percentile([1, 2, 3, 4, 5], 90) == pytest.approx(4.6)
-    assert pt.summarize([3.0, 1.0, 2.0]) == {"p50": 2.0, "p90": 2.8}
+    assert percentile([1, 2, 3, 4, 5], 90) == pytest.approx(4.6)
+    assert summarize([3.0, 1.0, 2.0]) == {"p50": 2.0, "p90": 2.8}
 
 
 def test_layer_graphs_are_standalone_models() -> None:
@@ -104,8 +118,37 @@ def test_trace_store_keeps_the_newest(tmp_path: Path) -> None:
     store = TraceStore(tmp_path, keep=2)
     ids = [store.save([{"name": str(i)}], {}) for i in range(3)]
     assert store.path(ids[-1]).is_file() and store.path(ids[-1] + ".json").is_file()
-    with pytest.raises(ApiError, match="no trace"):
+    with pytest.raises(NotFound, match="no trace"):
         store.path(ids[0])
     for bad in ("../../etc/passwd", "a" * 31, "A" * 32):
-        with pytest.raises(ApiError, match="no trace"):
+        with pytest.raises(NotFound, match="no trace"):
             store.path(bad)
+
+
+def test_the_gate_lets_one_profile_run() -> None:
+    gate = ProfileGate()
+    with gate.hold("first"):
+        with pytest.raises(Busy, match="already running on this server \\(first\\)") as busy:
+            with gate.hold("second"):
+                pass
+        assert busy.value.retry_after is not None and busy.value.retry_after >= 1
+    with gate.hold("third"):  # released after the first one
+        assert gate.running == "third"
+
+
+def test_plans_are_validated_once_with_typed_errors(settings: Settings) -> None:
+    plan = plan_profile(ProfileRequest(fused=False, threads=1), settings)
+    assert (plan.method, plan.provider, plan.session.optimization) == ("trace", "cpu", "disable")
+    assert plan.session.settings.intra_op_threads == 1
+    with pytest.raises(InvalidInput, match="runs"):
+        plan_profile(ProfileRequest(runs=0), settings)
+    with pytest.raises(InvalidInput, match="max_batch_size"):
+        plan_profile(ProfileRequest(batch_size=5), settings, model_max_batch=4)
+    with pytest.raises(TooLarge, match="G multiply-adds"):
+        plan_profile(ProfileRequest(batch_size=8, runs=100), settings, metadata={"macs": str(10**10)})
+    conv = plan_conv_profile(ConvProfileRequest(input_shape=[1, 15, 15, 8], filters=16, kernel_size=[3, 5],
+                                                strides=2, padding="VALID"), settings)
+    g = conv.geometry
+    assert (conv.kernel, g.strides, g.padding, conv.out_hw) == ((3, 5), (2, 2), Pads(0, 0, 0, 0), (7, 6))
+    with pytest.raises(TooLarge):
+        plan_conv_profile(ConvProfileRequest(input_shape=[1, 4096, 4096, 64], filters=64), settings)

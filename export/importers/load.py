@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from sepconv.export.errors import ExportError
+from sepconv.export.graph import DEFAULT_OPSET
 from sepconv.export.importers import detect
 from sepconv.export.importers.schema import TOP_LAYERS, infer_alpha, infer_classes, keras_layers
 from sepconv.export.importers.source import ImportedWeights
 from sepconv.export.importers.store import KERAS, WeightFile
 from sepconv.export.importers.torchvision_map import TORCHVISION_BN_EPSILON, map_torchvision
+from sepconv.export.layers import KERAS_BN_EPSILON
 from sepconv.export.networks import KERAS_PREPROCESSING
 from sepconv.export.repository.writer import set_metadata
 
-KERAS_BN_EPSILON = 1e-3
 KERAS_V3_PREPROCESSING = ("scale RGB pixels to [-1, 1]: x / 127.5 - 1 (what the Keras model's own Rescaling "
                           "layer does; this graph does not include it)")
 TORCHVISION_PREPROCESSING = ("RGB in [0, 1], then per channel (x - mean) / std with mean (0.485, 0.456, 0.406), "
@@ -30,10 +31,9 @@ def load_weights(path: str | Path, *, arch: str, alpha: float | None = None, res
     ``.keras`` archive), a PyTorch ``state_dict`` in torchvision's naming (``.pth``/``.pt``) or
     ``.safetensors``. Raises :class:`ExportError` for a file that does not fit.
     """
-    from sepconv.export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import get_model_builder  # noqa: PLC0415
 
-    if arch not in ARCHS:
-        raise ExportError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    get_model_builder(arch)  # an unknown architecture, named with the registered ones, before opening the file
     path = Path(path)
     if path.is_dir():
         raise ExportError(f"weights file {str(path)!r} is a folder; give the weights file itself")
@@ -81,7 +81,7 @@ def read_weight_file(path: Path, arch: str) -> WeightFile:
 
 def _check_arch(wf: WeightFile, arch: str, path: Path) -> None:
     """Refuse, before any build, a file that plainly holds another architecture's weights."""
-    from sepconv.export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import list_models  # noqa: PLC0415
 
     def score(a: str) -> float:
         top = set(TOP_LAYERS[a])
@@ -92,7 +92,7 @@ def _check_arch(wf: WeightFile, arch: str, path: Path) -> None:
     mine = score(arch)
     if mine >= 0.99:
         return
-    best = max(ARCHS, key=score)
+    best = max(list_models(), key=score)
     if best != arch and score(best) > mine:
         raise ExportError(f"{path.name} holds {best} weights, not {arch} ({wf.detail}; its layers include "
                           f"{', '.join(list(wf.layers)[:3])})")
@@ -100,7 +100,8 @@ def _check_arch(wf: WeightFile, arch: str, path: Path) -> None:
 
 def build_imported(path: str | Path, arch: str, *, alpha: float | None = None, resolution: int = 224,
                    classes: int | None = None, include_top: bool = True, allow_unused: bool = False,
-                   input_layout: str = "NCHW", fold_bn: bool = True, opset: int = 17) -> tuple[Any, ImportedWeights]:
+                   input_layout: str = "NCHW", fold_bn: bool = True,
+                   opset: int = DEFAULT_OPSET) -> tuple[Any, ImportedWeights]:
     """Import and build in memory: the network (padding, alpha, classes chosen from the file where not given),
     validated against the file (no unused tensors unless ``allow_unused``). Nothing is written."""
     from sepconv.export.networks import build_network  # noqa: PLC0415

@@ -30,14 +30,12 @@ _WIDTH_LAYER = {
     "mobilenet_v3_large": ("expanded_conv_14_project", 160, "divisible"),
     "mobilenet_v3_small": ("expanded_conv_10_project", 96, "divisible"),
 }
-TOP_LAYERS = {
+TOP_LAYERS = {  # the classifier's weighted layers; the last one's bias gives the number of classes
     "mobilenet_v1": ("conv_preds",),
     "mobilenet_v2": ("predictions",),
     "mobilenet_v3_large": ("conv_2", "logits"),
     "mobilenet_v3_small": ("conv_2", "logits"),
 }
-CLASSES_LAYER = {"mobilenet_v1": "conv_preds", "mobilenet_v2": "predictions",
-                 "mobilenet_v3_large": "logits", "mobilenet_v3_small": "logits"}
 COMMON_ALPHAS = (0.25, 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
@@ -101,12 +99,12 @@ def keras3_group_names(arch: str) -> dict[str, str]:
 
 def guess_arch(layer_names: set[str]) -> tuple[str | None, float]:
     """The architecture whose Keras layer names best cover the file's, and that fraction."""
-    from sepconv.export.networks import ARCHS  # noqa: PLC0415
+    from sepconv.export.networks import list_models  # noqa: PLC0415
 
     best, best_score = None, 0.0
     if not layer_names:
         return None, 0.0
-    for arch in ARCHS:
+    for arch in list_models():
         names = {la.name for la in keras_layers(arch, True)}
         score = len(layer_names & names) / len(layer_names)
         if score > best_score:
@@ -141,5 +139,5 @@ def infer_alpha(arch: str, wf: WeightFile) -> float | None:
 
 def infer_classes(arch: str, wf: WeightFile) -> int | None:
     """Number of classes of the file's classifier (None when the file has no classifier)."""
-    shape = wf.shape(CLASSES_LAYER[arch], "bias")
+    shape = wf.shape(TOP_LAYERS[arch][-1], "bias")
     return None if shape is None or len(shape) != 1 else int(shape[0])

@@ -12,6 +12,7 @@ import numpy as np
 from sepconv.export.errors import ExportError
 from sepconv.export.importers.schema import TOP_LAYERS, guess_arch
 from sepconv.export.importers.store import TORCHVISION, WeightFile
+from sepconv.export.repository.layout import MetaKey
 
 
 def fmt_shape(shape: tuple[int, ...]) -> str:
@@ -126,12 +127,12 @@ class ImportedWeights:
         import json  # noqa: PLC0415
 
         return {
-            "weights_file": self.path.name,
-            "weights_format": f"{self.file.format}: {self.file.detail}",
-            "weights_origin": self.file.origin,
-            "bn_epsilon": repr(float(self.bn_epsilon)),
-            "preprocessing": self.preprocessing,
-            "import_report": json.dumps(self.report.as_dict(), separators=(",", ":")),
+            MetaKey.WEIGHTS_FILE: self.path.name,
+            MetaKey.WEIGHTS_FORMAT: f"{self.file.format}: {self.file.detail}",
+            MetaKey.WEIGHTS_ORIGIN: self.file.origin,
+            MetaKey.BN_EPSILON: repr(float(self.bn_epsilon)),
+            MetaKey.PREPROCESSING: self.preprocessing,
+            MetaKey.IMPORT_REPORT: json.dumps(self.report.as_dict(), separators=(",", ":")),
         }
 
     # -- messages ---------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 >>> net = build_network("mobilenet_v2", alpha=0.35, resolution=96)
 >>> net.summary()["macs"], net.model.graph.input[0].name
+
+The architectures are those registered in :mod:`.registry` (``list_models()``); each architecture module
+registers itself when imported below. ``network_layers`` builds only the layers and their accounting.
 """
 
 from __future__ import annotations
@@ -15,15 +18,15 @@ import onnx
 
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
-from sepconv.export.graph import GraphBuilder, LayerInfo
+from sepconv.export.graph import DEFAULT_OPSET, GraphBuilder, LayerInfo
+from sepconv.export.networks import mobilenet_v1, mobilenet_v2, mobilenet_v3  # noqa: F401 - each registers itself
 from sepconv.export.networks.common import PADDING_STYLES, NetContext, make_divisible
-from sepconv.export.networks.mobilenet_v1 import build_v1
-from sepconv.export.networks.mobilenet_v2 import build_v2
-from sepconv.export.networks.mobilenet_v3 import build_v3
+from sepconv.export.networks.registry import get_architecture, get_model_builder, list_models, register_model
+from sepconv.export.padding import LAYOUTS
+from sepconv.export.repository.layout import MetaKey
 from sepconv.export.summary import summary_dict
 from sepconv.export.weights import RandomWeights, WeightSource
 
-ARCHS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 FEATURES_NAME = "features"  # the output's name without the classifier (include_top=False)
@@ -33,7 +36,10 @@ MAX_ALPHA = 4.0
 MAX_CLASSES = 1_000_000
 KERAS_PREPROCESSING = "scale RGB pixels to [-1, 1]: x / 127.5 - 1 (Keras 'tf' mode)"
 
-__all__ = ["ARCHS", "BuiltNetwork", "NetworkConfig", "build_network", "format_alpha", "make_divisible"]
+MIN_OPSET, MAX_OPSET = 13, 23
+
+__all__ = ["BuiltNetwork", "NetworkConfig", "build_network", "format_alpha", "get_model_builder", "list_models",
+           "make_divisible", "network_layers", "register_model"]
 
 
 def format_alpha(alpha: float) -> str:
@@ -52,24 +58,23 @@ class NetworkConfig:
     input_layout: str = "NCHW"
     seed: int = 0
     fold_bn: bool = True
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
 
     @property
     def default_name(self) -> str:
         return f"{self.arch}_{format_alpha(self.alpha)}_{self.resolution}"
 
     def validate(self) -> NetworkConfig:
-        if self.arch not in ARCHS:
-            raise ExportError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHS)}")
+        """Check every field, cheapest first; raises :class:`ExportError` naming the first bad one."""
+        architecture = get_architecture(self.arch)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
             raise ExportError(f"alpha must be a number, got {self.alpha!r}")
         if self.alpha <= 0:
             raise ExportError(f"alpha must be > 0, got {self.alpha}")
         if self.alpha > MAX_ALPHA:
             raise ExportError(f"alpha must be <= {MAX_ALPHA}, got {self.alpha}")
-        if self.arch == "mobilenet_v1" and int(32 * self.alpha) < 1:
-            raise ExportError(f"alpha {self.alpha} is too small for mobilenet_v1: its first layer would have "
-                              f"int(32 * alpha) = 0 filters (alpha must be >= 1/32)")
+        if architecture.check_alpha is not None:
+            architecture.check_alpha(self.alpha)
         for what, value in (("resolution", self.resolution), ("classes", self.classes), ("seed", self.seed),
                             ("opset", self.opset)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -85,10 +90,10 @@ class NetworkConfig:
             raise ExportError(f"classes must be <= {MAX_CLASSES}, got {self.classes}")
         if self.padding not in PADDING_STYLES:
             raise ExportError(f"padding must be one of {', '.join(PADDING_STYLES)}, got {self.padding!r}")
-        if self.input_layout not in L.LAYOUTS:
+        if self.input_layout not in LAYOUTS:
             raise ExportError(f"input layout must be NCHW or NHWC, got {self.input_layout!r}")
-        if not 13 <= self.opset <= 23:
-            raise ExportError(f"opset must be between 13 and 23, got {self.opset}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ExportError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {self.opset}")
         return self
 
 
@@ -114,13 +119,8 @@ def _build_graph(config: NetworkConfig, weights: WeightSource) -> GraphBuilder:
     ctx = NetContext(b, weights, padding=config.padding, fold_bn=config.fold_bn)
     x = L.network_input(b, INPUT_NAME, config.input_layout, 3, config.resolution, config.resolution)
     transpose = x.name if x.name != INPUT_NAME else None
-    kw = {"alpha": float(config.alpha), "classes": config.classes, "include_top": config.include_top}
-    if config.arch == "mobilenet_v1":
-        x = build_v1(ctx, x, **kw)
-    elif config.arch == "mobilenet_v2":
-        x = build_v2(ctx, x, **kw)
-    else:
-        x = build_v3(ctx, x, size=config.arch.rsplit("_", 1)[1], **kw)
+    build = get_model_builder(config.arch)
+    x = build(ctx, x, alpha=float(config.alpha), classes=config.classes, include_top=config.include_top)
     if transpose is not None:  # the NHWC->NCHW transpose belongs to the first layer (for the profiler)
         b.layers[0].onnx_nodes.insert(0, transpose)
     L.network_output(b, x, OUTPUT_NAME if config.include_top else FEATURES_NAME, config.input_layout)
@@ -138,26 +138,26 @@ def _metadata(config: NetworkConfig, weights: WeightSource, b: GraphBuilder, sum
             label = f"imported from {label}"
     totals = b.totals()
     return {
-        "architecture": config.arch,
-        "alpha": format_alpha(config.alpha),
-        "resolution": str(r),
-        "classes": str(config.classes),
-        "include_top": str(config.include_top).lower(),
-        "padding": config.padding,
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME if config.include_top else FEATURES_NAME,
-        "input_layout": config.input_layout,
-        "input_shape": json.dumps(shape),
-        "preprocessing": str(getattr(weights, "preprocessing", None) or KERAS_PREPROCESSING),
-        "output": "logits (pre-softmax)" if config.include_top else "feature map (no classifier)",
-        "weights": label,
-        "bn_folded": str(config.fold_bn).lower(),
-        "params": str(totals["total_params"]),
-        "trainable_params": str(totals["trainable_params"]),
-        "weight_params": str(totals["weight_params"]),
-        "deployed_params": str(totals["deployed_params"]),
-        "macs": str(totals["macs"]),
-        "sepconv.summary": json.dumps(summary, separators=(",", ":")),
+        MetaKey.ARCHITECTURE: config.arch,
+        MetaKey.ALPHA: format_alpha(config.alpha),
+        MetaKey.RESOLUTION: str(r),
+        MetaKey.CLASSES: str(config.classes),
+        MetaKey.INCLUDE_TOP: str(config.include_top).lower(),
+        MetaKey.PADDING: config.padding,
+        MetaKey.INPUT_NAME: INPUT_NAME,
+        MetaKey.OUTPUT_NAME: OUTPUT_NAME if config.include_top else FEATURES_NAME,
+        MetaKey.INPUT_LAYOUT: config.input_layout,
+        MetaKey.INPUT_SHAPE: json.dumps(shape),
+        MetaKey.PREPROCESSING: str(getattr(weights, "preprocessing", None) or KERAS_PREPROCESSING),
+        MetaKey.OUTPUT: "logits (pre-softmax)" if config.include_top else "feature map (no classifier)",
+        MetaKey.WEIGHTS: label,
+        MetaKey.BN_FOLDED: str(config.fold_bn).lower(),
+        MetaKey.PARAMS: str(totals["total_params"]),
+        MetaKey.TRAINABLE_PARAMS: str(totals["trainable_params"]),
+        MetaKey.WEIGHT_PARAMS: str(totals["weight_params"]),
+        MetaKey.DEPLOYED_PARAMS: str(totals["deployed_params"]),
+        MetaKey.MACS: str(totals["macs"]),
+        MetaKey.SUMMARY: json.dumps(summary, separators=(",", ":")),
     }
 
 
@@ -173,7 +173,7 @@ def build_network(
     weights: WeightSource | None = None,
     seed: int = 0,
     fold_bn: bool = True,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
 ) -> BuiltNetwork:
     """Build ``arch`` as a checked ONNX model (input ``input``, output ``logits``, pre-softmax).
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from sepconv.export import layers as L
 from sepconv.export.errors import ExportError
-from sepconv.export.graph import GraphBuilder, Tensor
-from sepconv.export.padding import PaddingSpec
+from sepconv.export.graph import GraphBuilder, Kind, Tensor
+from sepconv.export.padding import ConvGeometry, PaddingSpec
 from sepconv.export.weights import WeightSource
 
 PADDING_STYLES = ("same", "symmetric")
@@ -60,7 +60,7 @@ class NetContext:
 
     @property
     def bn_epsilon(self) -> float:
-        return float(self.weights.bn_epsilon or 1e-3)
+        return float(self.weights.bn_epsilon or L.KERAS_BN_EPSILON)
 
     # -- weights ------------------------------------------------------------------------
     def weight(self, layer: str, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -86,6 +86,10 @@ class NetContext:
         )
 
     # -- padding ------------------------------------------------------------------------
+    def geometry(self, x: Tensor, kernel: int, stride: int, keras_rule: str = "same") -> ConvGeometry:
+        """Where the conv's window goes: ``stride`` and :meth:`pad` (tensors are NCHW inside the graph)."""
+        return ConvGeometry(strides=stride, padding=self.pad(x, kernel, stride, keras_rule), data_format="NCHW")
+
     def pad(self, x: Tensor, kernel: int, stride: int, keras_rule: str = "same") -> PaddingSpec:
         """The padding a conv gets: Keras' exact choice, or PyTorch's symmetric ``k//2``."""
         if self.padding == "symmetric":
@@ -101,13 +105,12 @@ class NetContext:
     # -- layers -------------------------------------------------------------------------
     def conv(self, x: Tensor, name: str, filters: int, kernel: int = 1, stride: int = 1, *,
              bn_name: str | None = None, act: str | None = None, bias: bool = False,
-             kind: str | None = None, keras_rule: str = "same") -> Tensor:
+             kind: Kind | None = None, keras_rule: str = "same") -> Tensor:
         """Keras ``Conv2D`` (+ ``BatchNormalization`` named ``bn_name``) (+ activation)."""
         k = self.weight(name, "kernel", (kernel, kernel, x.channels, filters))
         b = self.weight(name, "bias", (filters,)) if bias else None
         bn = self.batch_norm(bn_name, filters) if bn_name else None
-        return L.conv2d(self.b, x, k, name=name, bias=b, strides=stride,
-                        padding=self.pad(x, kernel, stride, keras_rule), data_format="NCHW",
+        return L.conv2d(self.b, x, k, name=name, geometry=self.geometry(x, kernel, stride, keras_rule), bias=b,
                         bn=bn, fold_bn=self.fold_bn, act=act, kind=kind)
 
     def depthwise(self, x: Tensor, name: str, kernel: int = 3, stride: int = 1, *,
@@ -115,8 +118,7 @@ class NetContext:
         """Keras ``DepthwiseConv2D`` (multiplier 1, no bias) + ``BatchNormalization`` + activation."""
         k = self.weight(name, "depthwise_kernel", (kernel, kernel, x.channels, 1))
         bn = self.batch_norm(bn_name, x.channels)
-        return L.depthwise_conv2d(self.b, x, k, name=name, strides=stride,
-                                  padding=self.pad(x, kernel, stride, keras_rule), data_format="NCHW",
+        return L.depthwise_conv2d(self.b, x, k, name=name, geometry=self.geometry(x, kernel, stride, keras_rule),
                                   bn=bn, fold_bn=self.fold_bn, act=act)
 
     def dense(self, x: Tensor, name: str, units: int) -> Tensor:

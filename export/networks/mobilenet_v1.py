@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 from sepconv.export import layers as L
-from sepconv.export.graph import Tensor
+from sepconv.export.errors import ExportError
+from sepconv.export.graph import Kind, Tensor
 from sepconv.export.networks.common import NetContext
+from sepconv.export.networks.registry import register_model
 
 # Table 1 of the paper. ("conv", stride, filters) is the full 3x3 stem; ("dw", stride, filters)
 # is one depthwise-separable block: 3x3 depthwise with that stride, then 1x1 pointwise to
@@ -31,6 +33,17 @@ V1_TABLE: list[tuple[str, int, int]] = [
 ]
 
 
+STEM_FILTERS = V1_TABLE[0][2]
+
+
+def check_alpha(alpha: float) -> None:
+    """Keras scales V1's widths by ``int(filters * alpha)``, with no floor: the stem must keep one filter."""
+    if int(STEM_FILTERS * alpha) < 1:
+        raise ExportError(f"alpha {alpha} is too small for mobilenet_v1: its first layer would have "
+                          f"int({STEM_FILTERS} * alpha) = 0 filters (alpha must be >= 1/{STEM_FILTERS})")
+
+
+@register_model("mobilenet_v1", check_alpha=check_alpha)
 def build_v1(ctx: NetContext, x: Tensor, *, alpha: float, classes: int, include_top: bool) -> Tensor:
     block_id = 0
     for kind, stride, filters in V1_TABLE:
@@ -45,6 +58,6 @@ def build_v1(ctx: NetContext, x: Tensor, *, alpha: float, classes: int, include_
     if include_top:
         # GlobalAveragePooling2D(keepdims=True) -> Dropout -> Conv2D(classes, 1x1, bias) -> Reshape
         x = L.global_avg_pool(ctx.b, x, name="global_average_pooling2d", keepdims=True)
-        x = ctx.conv(x, "conv_preds", classes, 1, bias=True, kind="dense")
+        x = ctx.conv(x, "conv_preds", classes, 1, bias=True, kind=Kind.DENSE)
         x = ctx.flatten_into_last_layer(x)
     return x

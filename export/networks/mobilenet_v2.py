@@ -9,6 +9,7 @@ from __future__ import annotations
 from sepconv.export import layers as L
 from sepconv.export.graph import Tensor
 from sepconv.export.networks.common import NetContext, make_divisible
+from sepconv.export.networks.registry import register_model
 
 # Table 2: each row is a sequence of `n` bottlenecks with expansion `t`, `c` output channels, the
 # first one with stride `s` (the others stride 1).
@@ -44,6 +45,7 @@ def inverted_residual(ctx: NetContext, x: Tensor, *, t: int, c: int, s: int, alp
     return x
 
 
+@register_model("mobilenet_v2")
 def build_v2(ctx: NetContext, x: Tensor, *, alpha: float, classes: int, include_top: bool) -> Tensor:
     x = ctx.conv(x, "Conv1", make_divisible(STEM_FILTERS * alpha, 8), 3, 2, bn_name="bn_Conv1", act="relu6")
     block_id = 0

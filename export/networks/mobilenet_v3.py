@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sepconv.export import layers as L
-from sepconv.export.graph import Tensor
+from sepconv.export.graph import Kind, Tensor
 from sepconv.export.networks.common import NetContext, make_divisible
+from sepconv.export.networks.registry import register_model
 
 
 class Bneck(NamedTuple):
@@ -61,7 +62,8 @@ V3_SMALL: list[Bneck] = [
 ]
 
 STEM_FILTERS = 16  # not scaled by alpha (Keras)
-LAST_POINT = {"large": 1280, "small": 1024}
+LAST_POINT_LARGE = 1280
+LAST_POINT_SMALL = 1024
 SE_RATIO = 0.25
 _ACT = {"RE": "relu", "HS": "hard_swish"}
 
@@ -97,8 +99,9 @@ def bottleneck(ctx: NetContext, x: Tensor, row: Bneck, *, expansion: float, alph
     return x
 
 
-def build_v3(ctx: NetContext, x: Tensor, *, size: str, alpha: float, classes: int, include_top: bool) -> Tensor:
-    table = V3_LARGE if size == "large" else V3_SMALL
+def build_v3(ctx: NetContext, x: Tensor, table: list[Bneck], last_point: int, *, alpha: float, classes: int,
+             include_top: bool) -> Tensor:
+    """Stem, the table's bottlenecks, ``conv_1``, then the head (``last_point`` wide below alpha 1.0)."""
     x = ctx.conv(x, "conv", STEM_FILTERS, 3, 2, bn_name="conv_bn", act="hard_swish")
     in_at_alpha1 = STEM_FILTERS
     for block_id, row in enumerate(table):
@@ -106,11 +109,20 @@ def build_v3(ctx: NetContext, x: Tensor, *, size: str, alpha: float, classes: in
         in_at_alpha1 = row.out
     x = ctx.conv(x, "conv_1", make_divisible(x.channels * 6), 1, bn_name="conv_1_bn", act="hard_swish")
     if include_top:
-        last_point = LAST_POINT[size]
         if alpha > 1.0:
             last_point = make_divisible(last_point * alpha)
         x = L.global_avg_pool(ctx.b, x, name="global_average_pooling2d", keepdims=True)
         x = ctx.conv(x, "conv_2", last_point, 1, bias=True, act="hard_swish")
-        x = ctx.conv(x, "logits", classes, 1, bias=True, kind="dense")
+        x = ctx.conv(x, "logits", classes, 1, bias=True, kind=Kind.DENSE)
         x = ctx.flatten_into_last_layer(x)
     return x
+
+
+@register_model("mobilenet_v3_large")
+def build_v3_large(ctx: NetContext, x: Tensor, *, alpha: float, classes: int, include_top: bool) -> Tensor:
+    return build_v3(ctx, x, V3_LARGE, LAST_POINT_LARGE, alpha=alpha, classes=classes, include_top=include_top)
+
+
+@register_model("mobilenet_v3_small")
+def build_v3_small(ctx: NetContext, x: Tensor, *, alpha: float, classes: int, include_top: bool) -> Tensor:
+    return build_v3(ctx, x, V3_SMALL, LAST_POINT_SMALL, alpha=alpha, classes=classes, include_top=include_top)

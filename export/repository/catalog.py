@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sepconv.export.errors import ExportError
+from sepconv.export.graph import DEFAULT_OPSET
 from sepconv.export.repository.layout import (
     DEFAULT_MAX_BATCH,
     DEFAULT_REPO,
@@ -21,6 +22,7 @@ from sepconv.export.repository.layout import (
     check_max_batch,
     check_name,
     check_version,
+    config_path,
     model_path,
 )
 from sepconv.export.repository.writer import (
@@ -52,7 +54,7 @@ class ExportRequest:
     input_layout: str = "NCHW"
     seed: int = 0
     fold_bn: bool = True
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     weights: Path | None = None
     allow_unused: bool = False
     name: str | None = None
@@ -135,6 +137,8 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     """Build and write one model (unless an identical export is already there and not ``force``)."""
     from sepconv.export.networks import NetworkConfig, build_network  # noqa: PLC0415
 
+    if request.name is not None:
+        check_name(request.name)  # a name the server would skip is refused before anything is read or built
     check_version(request.version)
     check_max_batch(request.max_batch_size)
     batching = DynamicBatching.from_dict(request.dynamic_batching)
@@ -150,7 +154,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
 
         existing = onnx.load(str(model_path(repo, name, request.version)), load_external_data=False)
         text = config_pbtxt(name, existing, request.max_batch_size, batching)
-        if (Path(repo) / name / "config.pbtxt").read_text() == text:
+        if config_path(repo, name).read_text() == text:
             return ExportResult(name, model_path(repo, name, request.version), skipped=True)
     kept = None if force or request.weights is not None else imported_weights_file(repo, name, request.version)
     if kept:

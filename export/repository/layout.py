@@ -58,7 +58,12 @@ class MetaKey:
     PREPROCESSING = "preprocessing"
     OUTPUT = "output"
     WEIGHTS = "weights"
+    # an imported file's: its name, format and framework, the BN epsilon it needs, what the import used
     WEIGHTS_FILE = "weights_file"
+    WEIGHTS_FORMAT = "weights_format"
+    WEIGHTS_ORIGIN = "weights_origin"
+    BN_EPSILON = "bn_epsilon"
+    IMPORT_REPORT = "import_report"
     BN_FOLDED = "bn_folded"
     PARAMS = "params"
     TRAINABLE_PARAMS = "trainable_params"

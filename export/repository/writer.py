@@ -19,7 +19,6 @@ import onnx
 
 from sepconv.export.errors import ExportError
 from sepconv.export.repository.layout import (
-    CONFIG_FILE,
     DEFAULT_MAX_BATCH,
     DEFAULT_VERSION,
     TEMP_SUFFIX,
@@ -28,6 +27,7 @@ from sepconv.export.repository.layout import (
     check_max_batch,
     check_name,
     check_version,
+    config_path,
     model_path,
 )
 
@@ -108,7 +108,7 @@ def read_metadata(path: Path) -> dict[str, str]:
 def is_up_to_date(repo: Path, name: str, version: int, key: str, config_text: str | None = None) -> bool:
     """True when the model file exists with the same export key (and, if given, the same config)."""
     path = model_path(repo, name, version)
-    cfg = Path(repo) / name / CONFIG_FILE
+    cfg = config_path(repo, name)
     if not path.is_file() or not cfg.is_file():
         return False
     if config_text is not None and cfg.read_text() != config_text:
@@ -131,7 +131,7 @@ def write_model(model: onnx.ModelProto, repo: Path, name: str, *, version: int =
     path = model_path(repo, name, version)
     try:
         atomic_write(path, model.SerializeToString())
-        atomic_write(Path(repo) / name / CONFIG_FILE,
+        atomic_write(config_path(repo, name),
                      config_pbtxt(name, model, max_batch, dynamic_batching).encode())
     except OSError as exc:
         raise ExportError(f"cannot write the model repository at {repo}: {exc.strerror or exc}") from None

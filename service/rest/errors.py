@@ -94,10 +94,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _service_error(_: Request, exc: e.ServiceError) -> Response:
         return service_error_response(exc)
 
-    @app.exception_handler(e.ApiError)  # TRANSITIONAL: removed with ApiError
-    async def _api_error(_: Request, exc: e.ApiError) -> Response:
-        return error_response(exc.status_code, exc.message, exc.headers)
-
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
         status, message = describe_validation_error(exc)

@@ -1,54 +1,24 @@
-"""Timing a whole session run the same way on CPU and CUDA.
+"""Timing a whole session run the same way on CPU and CUDA, and summarising the samples.
 
 Inputs and outputs are bound once with I/O binding on the session's device, so a timed run is the
 graph's execution only (no host<->device copies, no numpy conversion). On CUDA, ONNX Runtime
 synchronises the device stream at the end of ``Run`` and we also synchronise the bound outputs, so the
 wall time of one run covers the GPU work, not just the kernel launches.
+
+Every time a profile reports is :func:`summarize`'d the same way: p50 (median) and p90 (linear-interpolated
+percentile) in the samples' unit, rounded to 3 decimals.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-CUDA = "CUDAExecutionProvider"
-
-_NP_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(bool)": np.bool_,
-}
-
-
-def device_of(session: ort.InferenceSession) -> tuple[str, int]:
-    """Where the session's inputs and outputs live: ``("cuda", its device_id)`` or ``("cpu", 0)``."""
-    if session.get_providers()[0] != CUDA:
-        return "cpu", 0
-    options = session.get_provider_options().get(CUDA, {})
-    return "cuda", int(options.get("device_id") or 0)
-
-
-def random_feeds(session: ort.InferenceSession, batch: int, seed: int = 0,
-                 shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs for every session input; symbolic dims (the batch) become ``batch``."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in session.get_inputs():
-        shape = (shapes or {}).get(inp.name) or [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
-        dtype = _NP_TYPES.get(inp.type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[inp.name] = np.zeros(shape, dtype)
-    return feeds
+from sepconv.service.profiling.sessions import device_of
 
 
 @dataclass
@@ -85,3 +55,17 @@ class BoundRun:
             self.run_once()
         return [self.run_once() for _ in range(runs)]
 
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); 0 for no values."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 3) if values else 0.0, "p90": round(percentile(values, 90), 3)}

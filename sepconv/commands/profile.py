@@ -1,4 +1,5 @@
-"""`sepconv profile`: ask a remote server for a per-layer profile and print it as a table."""
+"""``sepconv profile MODEL --url URL``: ask a remote server for a per-layer profile and print it as a table
+(or its JSON, or CSV rows)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,6 @@ A layer whose nodes all vanished into another layer's node (a fused ``Add``) get
 from __future__ import annotations
 
 import json
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,21 +295,6 @@ def node_providers(events: list[dict[str, Any]]) -> dict[str, str]:
         if node is not None:
             out.setdefault(node, str((e.get("args") or {}).get("provider", "")))
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 3) if values else 0.0, "p90": round(percentile(values, 90), 3)}
 
 
 def layer_samples(runs: list[dict[str, float]], mapping: NodeMapping,

@@ -12,14 +12,14 @@ Conv+BN+activation fuse), but not across layers (a residual ``Add`` is timed as 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
 
-from sepconv.service.profile_timing import BoundRun, random_feeds
+from sepconv.service.profiling.sessions import SessionSpec, random_feeds
+from sepconv.service.profiling.timing import BoundRun
 
 
 @dataclass
@@ -111,14 +111,14 @@ def overhead_model(opset_imports: list[onnx.OperatorSetIdProto], ir_version: int
     return model
 
 
-def time_layers(graphs: list[LayerGraph], make_session: Callable[[bytes], Any], batch: int, runs: int,
+def time_layers(graphs: list[LayerGraph], spec: SessionSpec, batch: int, runs: int,
                 warmup: int) -> tuple[dict[str, list[float]], list[float]]:
-    """Per layer, ``runs`` device-synchronised times (us) with the launch+sync overhead removed;
-    plus the overhead samples themselves."""
+    """Per layer, ``runs`` device-synchronised times (us) with the launch+sync overhead removed (each layer
+    graph in its own session made by ``spec``); plus the overhead samples themselves."""
     first = next((lg.model for lg in graphs if lg.model is not None), None)
     overhead: list[float] = [0.0]
     if first is not None:
-        session = make_session(overhead_model(list(first.opset_import), first.ir_version).SerializeToString())
+        session = spec.open(overhead_model(list(first.opset_import), first.ir_version).SerializeToString())
         overhead = BoundRun.create(session, random_feeds(session, 1)).time(runs, warmup)
     base = sorted(overhead)[len(overhead) // 2]
     times: dict[str, list[float]] = {}
@@ -126,7 +126,7 @@ def time_layers(graphs: list[LayerGraph], make_session: Callable[[bytes], Any], 
         if lg.model is None:
             times[lg.name] = [0.0] * runs
             continue
-        session = make_session(lg.model.SerializeToString())
+        session = spec.open(lg.model.SerializeToString())
         feeds = random_feeds(session, batch, shapes=feed_shapes(lg.model, batch))
         samples = BoundRun.create(session, feeds).time(runs, warmup)
         times[lg.name] = [max(t - base, 0.0) for t in samples]

@@ -1,4 +1,4 @@
-"""`sepconv serve`: the inference server (uvicorn with httptools + uvloop) over a model repository."""
+"""``sepconv serve``: the inference server (uvicorn with httptools + uvloop) over a model repository."""
 
 from __future__ import annotations
 

@@ -1,65 +1,16 @@
-"""``sepconv summary`` and ``sepconv export`` (one model, or every model of a catalog)."""
+"""``sepconv export``: one model (``ARCH [ARCH FLAGS] [--weights FILE] [--name NAME] ...``), or every model of a
+catalog (``--catalog [FILE]``), written into a Triton-layout repository; prints each model's path."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sepconv.commands.options import KeepBN, Layout, NoTop, Resolution, Seed, fail
 from sepconv.export.errors import ExportError
-
-ArchArg = Annotated[str, typer.Argument(help="mobilenet_v1 | mobilenet_v2 | mobilenet_v3_large | mobilenet_v3_small")]
-Alpha = Annotated[float, typer.Option("--alpha", help="width multiplier")]
-Resolution = Annotated[int, typer.Option("--resolution", help="input height and width")]
-Classes = Annotated[int, typer.Option("--classes", help="number of classes")]
-NoTop = Annotated[bool, typer.Option("--no-top", help="leave out the classifier (output the feature map)")]
-Padding = Annotated[str, typer.Option("--padding", help="same (TF/Keras exact) | symmetric (PyTorch style)")]
-Layout = Annotated[str, typer.Option("--input-layout", help="NCHW | NHWC")]
-Seed = Annotated[int, typer.Option("--seed", help="seed of the random (Keras-initialiser) weights")]
-KeepBN = Annotated[bool, typer.Option("--keep-bn", help="keep BatchNormalization nodes instead of folding them")]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the exit to raise (no traceback)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _arch_kwargs(alpha: float, resolution: int, classes: int, no_top: bool, padding: str, input_layout: str,
-                 seed: int, keep_bn: bool) -> dict:
-    return {"alpha": alpha, "resolution": resolution, "classes": classes, "include_top": not no_top,
-            "padding": padding.lower(), "input_layout": input_layout.upper(), "seed": seed, "fold_bn": not keep_bn}
-
-
-def summary(
-    arch: ArchArg,
-    alpha: Alpha = 1.0,
-    resolution: Resolution = 224,
-    classes: Classes = 1000,
-    no_top: NoTop = False,
-    padding: Padding = "same",
-    input_layout: Layout = "NCHW",
-    seed: Seed = 0,
-    keep_bn: KeepBN = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
-) -> None:
-    """Keras-like table of a network: layer, kind, output shape, params, multiply-adds."""
-    from sepconv.export.networks import network_layers  # noqa: PLC0415
-    from sepconv.export.summary import render_table, summary_dict  # noqa: PLC0415
-
-    try:
-        config, layers = network_layers(
-            arch, **_arch_kwargs(alpha, resolution, classes, no_top, padding, input_layout, seed, keep_bn))
-    except ExportError as exc:
-        raise fail(str(exc)) from None
-    result = summary_dict(config.arch, config.alpha, config.resolution, config.classes, layers)
-    if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    else:
-        render_table(result)
+from sepconv.export.repository.layout import DEFAULT_MAX_BATCH, DEFAULT_REPO, DEFAULT_VERSION
 
 
 def export(
@@ -83,10 +34,10 @@ def export(
         "--allow-unused", help="accept a weights file holding tensors the network does not use "
                                "(e.g. a classifier with --no-top)")] = False,
     name: Annotated[str | None, typer.Option("--name", help="model name (default ARCH_ALPHA_RESOLUTION)")] = None,
-    version: Annotated[int, typer.Option("--version", help="model version folder")] = 1,
+    version: Annotated[int, typer.Option("--version", help="model version folder")] = DEFAULT_VERSION,
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = 8,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = DEFAULT_MAX_BATCH,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,  # graph.DEFAULT_OPSET (which imports onnx)
     catalog: Annotated[bool, typer.Option(
         "--catalog", help="export every model a catalog lists (file: the positional argument)")] = False,
     force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,
@@ -106,7 +57,7 @@ def export(
             padding=padding.lower() if padding else None, input_layout=input_layout.upper(), seed=seed,
             fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, name=name, version=version,
             max_batch_size=max_batch, opset=opset)
-        result = export_one(request, repo or Path("models"), force=True)
+        result = export_one(request, repo or DEFAULT_REPO, force=True)
     except ExportError as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a bug, but still a message rather than a traceback
@@ -153,6 +104,4 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``summary`` and ``export`` to the CLI."""
-    app.command("summary")(summary)
     app.command("export")(export)

@@ -14,20 +14,25 @@ NaN) are all accepted. Base64 tensors carry them natively as IEEE-754 bits.
 
 A tensor is first *peeked* (:func:`peek`): its shape is read without decoding anything, so that the size
 limits are enforced before any allocation; :func:`decode` then produces the float32 array.
+
+Errors: a malformed tensor is :class:`~sepconv.service.errors.InvalidInput` (400), a datatype other than FP32
+:class:`~sepconv.service.errors.Unprocessable` (422).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
-from sepconv.service.errors import ApiError
+from sepconv.service.errors import InvalidInput, Unprocessable
 
 LIST = "list"
 B64 = "b64"
@@ -50,8 +55,19 @@ class TensorRef:
         return math.prod(self.shape)
 
 
-def _bad(message: str, status: int = 400) -> ApiError:
-    return ApiError(status, message)
+def loads(body: bytes) -> Any:
+    """The JSON document of a body; besides strict JSON, the bare ``NaN`` / ``Infinity`` / ``-Infinity``
+    tokens Python and JavaScript emit (read by the stdlib parser when orjson refuses them)."""
+    if not body.strip():
+        raise InvalidInput("empty body: send a JSON object with input and filter(s)")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"malformed JSON body: {exc}") from None
 
 
 def _peek_list(field: str, value: list) -> tuple[int, ...]:
@@ -64,9 +80,9 @@ def _peek_list(field: str, value: list) -> tuple[int, ...]:
             break
         node = node[0]
         if len(shape) > 8:
-            raise _bad(f"{field}: nested list is deeper than 8 levels")
+            raise InvalidInput(f"{field}: nested list is deeper than 8 levels")
     if isinstance(node, (dict, bool)):
-        raise _bad(f"{field}: nested list holds {type(node).__name__} values; expected numbers")
+        raise InvalidInput(f"{field}: nested list holds {type(node).__name__} values; expected numbers")
     return tuple(shape)
 
 
@@ -79,19 +95,20 @@ def _peek_b64(field: str, value: dict) -> tuple[int, ...]:
             parts.append(f"missing {', '.join(sorted(missing))}")
         if unknown:
             parts.append(f"unknown key(s) {', '.join(sorted(unknown))}")
-        raise _bad(f"{field}: an encoded tensor is {{\"shape\", \"datatype\": \"FP32\", \"b64\"}}; {'; '.join(parts)}")
+        raise InvalidInput(f"{field}: an encoded tensor is {{\"shape\", \"datatype\": \"FP32\", \"b64\"}}; "
+                           f"{'; '.join(parts)}")
     datatype = value.get("datatype", DATATYPE)
     if not isinstance(datatype, str) or datatype.upper() != DATATYPE:
-        raise _bad(f"{field}: datatype {datatype!r} is not supported; /v1/conv computes in float32, send "
-                   f"\"FP32\" (little-endian float32 bytes)", 422)
+        raise Unprocessable(f"{field}: datatype {datatype!r} is not supported; /v1/conv computes in float32, send "
+                            f"\"FP32\" (little-endian float32 bytes)")
     shape = value["shape"]
     if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or any(d < 0 for d in shape)):
-        raise _bad(f"{field}: shape must be a list of non-negative ints, got {shape!r}")
+        raise InvalidInput(f"{field}: shape must be a list of non-negative ints, got {shape!r}")
     if len(shape) > 8:
-        raise _bad(f"{field}: shape has {len(shape)} dimensions; at most 8 are accepted")
+        raise InvalidInput(f"{field}: shape has {len(shape)} dimensions; at most 8 are accepted")
     if not isinstance(value["b64"], str):
-        raise _bad(f"{field}: b64 must be a base64 string")
+        raise InvalidInput(f"{field}: b64 must be a base64 string")
     return tuple(shape)
 
 
@@ -101,8 +118,8 @@ def peek(field: str, value: Any) -> TensorRef:
         return TensorRef(field, _peek_list(field, value), LIST, value)
     if isinstance(value, dict):
         return TensorRef(field, _peek_b64(field, value), B64, value)
-    raise _bad(f"{field} must be a nested list of numbers or {{\"shape\", \"datatype\": \"FP32\", \"b64\"}}, "
-               f"got {type(value).__name__}")
+    raise InvalidInput(f"{field} must be a nested list of numbers or {{\"shape\", \"datatype\": \"FP32\", \"b64\"}}, "
+                       f"got {type(value).__name__}")
 
 
 def _decode_b64(ref: TensorRef) -> np.ndarray:
@@ -114,13 +131,15 @@ def _decode_b64(ref: TensorRef) -> np.ndarray:
     stripped = text.rstrip("=")
     if not (encoded - 2 <= len(stripped) <= encoded) or len(text) > encoded:
         got = len(stripped) * 3 // 4
-        raise _bad(f"{ref.field}: b64 holds about {got} bytes, but shape {list(ref.shape)} FP32 needs {want} bytes")
+        raise InvalidInput(f"{ref.field}: b64 holds about {got} bytes, but shape {list(ref.shape)} FP32 needs "
+                           f"{want} bytes")
     try:
         data = base64.b64decode(stripped + "=" * (-len(stripped) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _bad(f"{ref.field}: b64 is not valid base64 ({exc})") from None
+        raise InvalidInput(f"{ref.field}: b64 is not valid base64 ({exc})") from None
     if len(data) != want:
-        raise _bad(f"{ref.field}: b64 holds {len(data)} bytes, but shape {list(ref.shape)} FP32 needs {want} bytes")
+        raise InvalidInput(f"{ref.field}: b64 holds {len(data)} bytes, but shape {list(ref.shape)} FP32 needs "
+                           f"{want} bytes")
     return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False).reshape(ref.shape)
 
 
@@ -132,14 +151,15 @@ def _decode_list(ref: TensorRef) -> np.ndarray:
     except ValueError as exc:
         text = str(exc)
         if "inhomogeneous" in text or "sequence" in text:
-            raise _bad(f"{ref.field}: ragged nested list (rows of different lengths; shape starts "
-                       f"{list(ref.shape)})") from None
-        raise _bad(f"{ref.field}: values must be numbers (or \"NaN\"/\"Infinity\"/\"-Infinity\"): {text}") from None
+            raise InvalidInput(f"{ref.field}: ragged nested list (rows of different lengths; shape starts "
+                               f"{list(ref.shape)})") from None
+        raise InvalidInput(f"{ref.field}: values must be numbers (or \"NaN\"/\"Infinity\"/\"-Infinity\"): "
+                           f"{text}") from None
     except TypeError as exc:
-        raise _bad(f"{ref.field}: values must be numbers: {exc}") from None
+        raise InvalidInput(f"{ref.field}: values must be numbers: {exc}") from None
     if arr.shape != ref.shape:
-        raise _bad(f"{ref.field}: ragged nested list (shape along the first elements is {list(ref.shape)}, "
-                   f"the whole list is {list(arr.shape)})")
+        raise InvalidInput(f"{ref.field}: ragged nested list (shape along the first elements is {list(ref.shape)}, "
+                           f"the whole list is {list(arr.shape)})")
     return arr
 
 

@@ -1,34 +1,52 @@
 """The layer table a profile reports against: the exporter's layers, or layers read off the graph.
 
-A model exported by sepconv carries its summary in the ONNX metadata (``sepconv.summary``: the
-``sepconv summary --json`` object, each layer with ``onnx_nodes`` = the ONNX node names that make it).
-A model from elsewhere has no such entry; then every ONNX node becomes one "layer" with its kind,
-params and multiply-adds worked out from the graph (``source: "graph"``), so it can still be profiled.
+A model exported by sepconv carries its summary in the ONNX metadata (``MetaKey.SUMMARY``, ``sepconv.summary``:
+the ``sepconv summary --json`` object, each layer with ``onnx_nodes`` = the ONNX node names that make it).
+A model from elsewhere has no such entry; then every ONNX node becomes one "layer" with its kind (one of
+:data:`sepconv.export.graph.KINDS`), params and multiply-adds worked out from the graph (``source: "graph"``),
+so it can still be profiled. :func:`summary_of` is what ``GET /v1/models/{m}/summary`` serves.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-SUMMARY_KEY = "sepconv.summary"
-KINDS = ("standard", "depthwise", "pointwise", "dense", "other")
+from sepconv.export.repository.layout import MetaKey
+
+
+def _parse_summary(raw: str | None) -> dict[str, Any] | None:
+    """The exporter's summary object from its metadata value, or ``None`` when absent or unreadable."""
+    if not raw:
+        return None
+    try:
+        summary = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(summary, dict) and isinstance(summary.get("layers"), list):
+        return summary
+    return None
 
 
 def metadata_summary(model: onnx.ModelProto) -> dict[str, Any] | None:
     """The exporter's summary object from the model metadata, or ``None`` when absent or unreadable."""
     for prop in model.metadata_props:
-        if prop.key == SUMMARY_KEY:
-            try:
-                summary = json.loads(prop.value)
-            except ValueError:
-                return None
-            if isinstance(summary, dict) and isinstance(summary.get("layers"), list):
-                return summary
+        if prop.key == MetaKey.SUMMARY:
+            return _parse_summary(prop.value)
     return None
+
+
+def summary_of(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
+    """The public summary of a loaded model: from its metadata (``metadata``, already read at load time),
+    else worked out from the graph at ``path``."""
+    summary = _parse_summary(metadata.get(MetaKey.SUMMARY))
+    if summary is None:
+        summary = graph_summary(onnx.load(str(path), load_external_data=False))
+    return public_summary(summary)
 
 
 def public_summary(summary: dict[str, Any]) -> dict[str, Any]:

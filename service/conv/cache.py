@@ -1,7 +1,8 @@
 """A bounded LRU of compiled ``/v1/conv`` graphs: one ONNX Runtime session per :class:`ConvKey`.
 
 Repeated shapes reuse the session (filter values are run-time inputs). Counters (hits, misses, builds,
-evictions) are exposed by ``GET /v1/conv/cache`` so a test or an operator can see the reuse.
+evictions) are exposed by ``GET /v1/conv/cache`` so a test or an operator can see the reuse. The cache only
+stores; what to build is the engine's (:mod:`sepconv.service.conv.engine`).
 """
 
 from __future__ import annotations

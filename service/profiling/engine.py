@@ -1,0 +1,280 @@
+"""The profiling engine: per-layer times of one model, measured away from the serving session.
+
+:func:`profile_model` runs a validated :class:`~sepconv.service.profiling.request.ProfilePlan` on a model file.
+Every profile makes its own ONNX Runtime sessions (:mod:`sepconv.service.profiling.sessions`: profiling is a
+per-session switch in ORT, so the serving session is never traced and its requests never land in a profile), and
+one profile at a time runs per server (:class:`~sepconv.service.profiling.gate.ProfileGate`, held by the route;
+a second one gets 429 with ``Retry-After``).
+
+Methods (the response's ``method`` says which one produced the numbers):
+
+* ``trace`` (CPU default): a session with ``enable_profiling``; ``warmup + runs`` runs; ORT's
+  Chrome trace gives each runtime node's kernel time per run; nodes map back to exporter layers
+  (:mod:`sepconv.service.profiling.trace`); per layer p50/p90 over the runs (warm-up runs dropped).
+* ``isolated`` (CUDA default, where trace times are launch times): each layer as its own graph, timed
+  with I/O binding and device synchronisation (:mod:`sepconv.service.profiling.isolated`).
+
+End-to-end latency always comes from a separate session without profiling (inputs bound on the
+device), run after the per-layer measurement.
+``gap_percent`` = (e2e p50 - summed layer p50s) / e2e p50: positive = time outside the kernels
+(executor, allocation) or, on a loaded machine, preemptions (per-layer medians drop them, the e2e median
+does not; ``kernel_sum_ms`` and ``traced_run_ms`` show them); negative = tracing overhead.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+from sepconv.export.graph import KINDS
+from sepconv.service.errors import InvalidInput
+from sepconv.service.profiling import trace as pt
+from sepconv.service.profiling.gate import TraceStore
+from sepconv.service.profiling.isolated import layer_graphs, time_layers
+from sepconv.service.profiling.layers import layer_table
+from sepconv.service.profiling.request import ProfilePlan
+from sepconv.service.profiling.sessions import SessionSpec, random_feeds
+from sepconv.service.profiling.timing import BoundRun, summarize
+from sepconv.service.runtime.sessions import session_options
+
+METHOD_TEXT = {
+    "trace": ("ONNX Runtime profiling trace of a dedicated session: each runtime node's kernel time per run, "
+              "mapped to exporter layers (fused nodes charged to the layer owning their weights, layout "
+              "reorders to the adjacent layer); p50/p90 over the timed runs, warm-up runs dropped"),
+    "isolated": ("each layer run as its own graph with inputs/outputs bound on the device (I/O binding), every run "
+                 "synchronised, minus the launch+sync overhead of an empty graph; p50/p90 over the timed runs "
+                 "(no fusion across layers; on CPU each layer graph also pays its own NCHWc layout conversions)"),
+}
+E2E_TEXT = ("a separate session without profiling, inputs bound on the device, synchronised runs after warm-up, "
+            "run after the per-layer measurement")
+
+
+# --------------------------------------------------------------------------------------------
+# sessions of one profile
+# --------------------------------------------------------------------------------------------
+def _optimized_graph(path: str, spec: SessionSpec, workdir: Path) -> onnx.ModelProto | None:
+    """The graph ORT really runs (node names after fusion), written by ORT itself."""
+    opts = session_options(spec.settings, optimization=spec.optimization)
+    target = workdir / "optimized.onnx"
+    opts.optimized_model_filepath = str(target)
+    try:
+        ort.InferenceSession(path, sess_options=opts, providers=spec.providers)
+        return onnx.load(str(target), load_external_data=False)
+    except Exception:  # noqa: BLE001 - mapping then falls back to node names
+        return None
+
+
+def _e2e_run(path: str, spec: SessionSpec, batch: int, shapes: dict[str, list[int]]) -> BoundRun:
+    """The untraced session end-to-end latency is measured on (inputs bound on the device)."""
+    session = spec.open(path)
+    return BoundRun.create(session, random_feeds(session, batch, shapes=shapes))
+
+
+def _input_shapes(session: ort.InferenceSession, batch: int) -> dict[str, list[int]]:
+    shapes = {}
+    for inp in session.get_inputs():
+        dims = list(inp.shape)
+        out = []
+        for i, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                if i == 0 and d != batch:
+                    raise InvalidInput(f"input {inp.name!r} has a fixed batch of {d}; use batch_size {d}")
+                out.append(d)
+            elif i == 0:
+                out.append(batch)
+            else:
+                raise InvalidInput(f"input {inp.name!r} has a dynamic non-batch dimension {d!r}; "
+                                   "only the batch axis may be dynamic for a profile")
+        shapes[inp.name] = out
+    return shapes
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+def build_report(layers: list[dict[str, Any]], samples: dict[str, list[float]], batch: int,
+                 extra: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows (network order) and ``by_kind`` from per-layer time samples (us)."""
+    p50 = {la["name"]: statistics.median(samples[la["name"]]) if samples[la["name"]] else 0.0 for la in layers}
+    total_time = sum(p50.values()) or 1.0
+    total_macs = sum(int(la.get("macs", 0)) for la in layers) or 1
+    total_params = sum(int(la.get("params", 0)) for la in layers) or 1
+    rows = []
+    for la in layers:
+        name = la["name"]
+        t = summarize(samples[name])
+        macs = int(la.get("macs", 0))
+        row = {
+            "name": name,
+            "op_type": la.get("op_type", ""),
+            "kind": la.get("kind", "other"),
+            "output_shape": la.get("output_shape", []),
+            "params": int(la.get("params", 0)),
+            "macs": macs,
+            "time_us": t,
+            "percent": round(100.0 * p50[name] / total_time, 3),
+            "gmacs_per_s": round(macs * batch / (p50[name] * 1e3), 3) if p50[name] > 0 and macs else None,
+        }
+        row.update((extra or {}).get(name, {}))
+        rows.append(row)
+    by_kind: dict[str, Any] = {}
+    for kind in KINDS:
+        members = [r for r in rows if r["kind"] == kind]
+        if not members:
+            continue
+        by_kind[kind] = {
+            "count": len(members),
+            "time_percent": round(100.0 * sum(p50[r["name"]] for r in members) / total_time, 3),
+            "macs_percent": round(100.0 * sum(r["macs"] for r in members) / total_macs, 3),
+            "params_percent": round(100.0 * sum(r["params"] for r in members) / total_params, 3),
+        }
+    return rows, by_kind
+
+
+@dataclass
+class _Measured:
+    """What one per-layer method measured (the report is built from it the same way for both)."""
+
+    samples: dict[str, list[float]]  # layer -> time per timed run (us)
+    e2e_us: list[float]
+    execution_provider: str
+    trace_events: list[dict[str, Any]]
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-row additions (nodes, fused_into)
+    result: dict[str, Any] = field(default_factory=dict)  # top-level additions
+
+
+def profile_model(path: str | Path, model_name: str, plan: ProfilePlan, store: TraceStore) -> dict[str, Any]:
+    """Profile the model file at ``path`` as ``plan`` says; the response body of ``POST /v1/models/{m}/profile``
+    (``trace_url`` is left to the caller: it gets ``trace_id``)."""
+    path = str(path)
+    original = onnx.load(path)
+    table = layer_table(original)
+    layers = table["layers"]
+    names = [la["name"] for la in layers]
+    with tempfile.TemporaryDirectory(prefix="sepconv-profile-") as tmp:
+        if plan.method == "trace":
+            measured = _measure_traced(path, original, layers, plan, Path(tmp))
+        else:
+            measured = _measure_isolated(path, original, layers, plan)
+
+    rows, by_kind = build_report(layers, measured.samples, plan.batch_size, measured.extra)
+    e2e_ms = {k: round(v / 1000.0, 4) for k, v in summarize(measured.e2e_us).items()}
+    layer_sum_ms = sum(statistics.median(measured.samples[n]) for n in names) / 1000.0
+    result = measured.result
+    try:
+        trace_id: str | None = store.save(measured.trace_events, {
+            "model": model_name, "provider": plan.provider, "method": plan.method, "fused": plan.fused,
+            "batch_size": plan.batch_size})
+    except OSError as exc:  # the profile itself is still good; say why there is no trace
+        trace_id = None
+        result["trace_error"] = f"the trace could not be kept in {store.directory}: {exc.strerror or exc}"
+    return {
+        "model": model_name,
+        "provider": plan.provider,
+        "execution_provider": measured.execution_provider,
+        "batch_size": plan.batch_size,
+        "runs": plan.runs,
+        "warmup": plan.warmup,
+        "fused": plan.fused,
+        "graph_optimization": plan.session.optimization,
+        "threads": plan.session.settings.intra_op_threads or "auto",
+        "method": plan.method,
+        "method_detail": METHOD_TEXT[plan.method],
+        "e2e_method": E2E_TEXT,
+        "layer_source": table.get("source", "exporter"),
+        "e2e_ms": e2e_ms,
+        "layer_sum_ms": round(layer_sum_ms, 4),
+        "gap_percent": round(100.0 * (e2e_ms["p50"] - layer_sum_ms) / e2e_ms["p50"], 2) if e2e_ms["p50"] else None,
+        "layers": rows,
+        "by_kind": by_kind,
+        "total_macs": sum(r["macs"] for r in rows),
+        "total_params": sum(r["params"] for r in rows),
+        **result,
+        "trace_id": trace_id,
+    }
+
+
+def _measure_traced(path: str, original: onnx.ModelProto, layers: list[dict[str, Any]], plan: ProfilePlan,
+                    workdir: Path) -> _Measured:
+    """``method: trace``: ORT's Chrome trace of a profiling session, its nodes mapped to ``layers``."""
+    spec = plan.session
+    runtime_graph = _optimized_graph(path, spec, workdir)
+    session = spec.open(path, enable_profiling=True, profile_prefix=str(workdir / "trace"))
+    shapes = _input_shapes(session, plan.batch_size)
+    feeds = random_feeds(session, plan.batch_size, shapes=shapes)
+    execution_provider = session.get_providers()[0]
+    for _ in range(plan.warmup + plan.runs):
+        session.run(None, feeds)
+    events = pt.load_trace(session.end_profiling())
+    del session
+    # Not alternated with the traced runs: two idle ORT thread pools spinning next to each other
+    # slow both down on a small machine. The untraced session runs right after, on its own.
+    e2e = _e2e_run(path, spec, plan.batch_size, shapes)
+    e2e_us = e2e.time(plan.runs, plan.warmup)
+    del e2e
+    runs = pt.runs_of(events)[plan.warmup:]
+    seen = sorted({n for r in runs for n in r})
+    mapping = pt.map_nodes(original, layers, runtime_graph, extra_nodes=seen)
+    pt.attribute_by_order(mapping, pt.execution_order(events))
+    samples, unattributed = pt.layer_samples(runs, mapping, [la["name"] for la in layers])
+    measured = _Measured(samples, e2e_us, execution_provider, pt.annotate(events, mapping, plan.warmup))
+    for node, layer in mapping.node_layer.items():
+        if node in seen:
+            measured.extra.setdefault(layer, {}).setdefault("nodes", []).append(node)
+    for layer, into in mapping.fused_into.items():
+        measured.extra.setdefault(layer, {})["fused_into"] = into
+    measured.result["unattributed_us"] = summarize(unattributed)
+    # Per run, all kernel time summed: unlike the sum of per-layer medians (layer_sum_ms), this keeps
+    # the preemptions a loaded machine scatters over random layers; next to the traced runs' own wall
+    # time it shows how much of a run the kernels cover.
+    measured.result["kernel_sum_ms"] = {k: round(v / 1000.0, 4)
+                                        for k, v in summarize([sum(r.values()) for r in runs]).items()}
+    measured.result["traced_run_ms"] = {k: round(v / 1000.0, 4)
+                                        for k, v in summarize(pt.run_walls(events)[plan.warmup:]).items()}
+    measured.result["unattributed_nodes"] = sorted(n for n in mapping.unattributed if n in seen)
+    return measured
+
+
+def _measure_isolated(path: str, original: onnx.ModelProto, layers: list[dict[str, Any]],
+                      plan: ProfilePlan) -> _Measured:
+    """``method: isolated``: each layer as its own graph, device-synchronised runs."""
+    spec = plan.session
+    graphs = layer_graphs(original, layers)
+    first_session = spec.open(path)
+    shapes = _input_shapes(first_session, plan.batch_size)
+    execution_provider = first_session.get_providers()[0]
+    del first_session
+    samples, overhead = time_layers(graphs, spec, plan.batch_size, plan.runs, plan.warmup)
+    measured = _Measured(samples, [], execution_provider, _synthetic_trace(layers, samples))
+    for lg in graphs:
+        measured.extra.setdefault(lg.name, {})["nodes"] = lg.nodes
+    measured.result["overhead_us"] = summarize(overhead)
+    e2e = _e2e_run(path, spec, plan.batch_size, shapes)
+    measured.e2e_us = e2e.time(plan.runs, plan.warmup)
+    del e2e
+    return measured
+
+
+def _synthetic_trace(layers: list[dict[str, Any]], samples: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """A Chrome trace of isolated-layer timings: one track per run, layers laid end to end."""
+    events: list[dict[str, Any]] = []
+    ts = 0.0
+    runs = max((len(v) for v in samples.values()), default=0)
+    for i in range(runs):
+        start = ts
+        for la in layers:
+            dur = samples[la["name"]][i] if i < len(samples[la["name"]]) else 0.0
+            events.append({"cat": "Layer", "ph": "X", "pid": 1, "tid": 1, "ts": round(ts, 3), "dur": round(dur, 3),
+                           "name": la["name"], "args": {"layer": la["name"], "kind": la.get("kind", "other"),
+                                                        "macs": la.get("macs", 0)}})
+            ts += dur
+        events.append({"cat": "Session", "ph": "X", "pid": 1, "tid": 0, "ts": round(start, 3),
+                       "dur": round(ts - start, 3), "name": f"run {i} (isolated layers, summed)", "args": {}})
+        ts += 10.0
+    return events
