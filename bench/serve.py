@@ -17,9 +17,17 @@
 * ``--versus DIR`` (another checkout, e.g. ``git worktree add /tmp/old HEAD~1``) also starts that checkout's
   server on the same repository and interleaves its binary and JSON latency samples with this one's: an A/B
   of two code versions in one run, which a noisy machine cannot give from separate runs;
+* gRPC (issue 12): the same server's gRPC port (``SEPCONV_GRPC_PORT``) and a bare ``grpc.aio`` servicer (the
+  transport floor: a subprocess, uvloop like the server, that receives the same ``ModelInferRequest`` and answers
+  a prebuilt 4 KB ``ModelInferResponse``), both called with one prebuilt request through a plain stub (sync
+  channel: the same client work for both); and in-process ONNX Runtime with its DEFAULT session options
+  (``ort.InferenceSession(path)``, what a user gets), sampled in the same rounds as the REST figures;
 * prints the figures and the ratios against the goals:
   binary p50 <= 1.10 x in-process p50; (JSON p50 - in-process p50) <= 1.25 x decode floor;
-  throughput at concurrency 16 >= 1.1 x in-process sequential.
+  throughput at concurrency 16 >= 1.1 x in-process sequential;
+  (gRPC p50 - default-ORT p50) <= 1.25 x gRPC transport floor p50.
+
+    .venv/bin/python bench/serve.py --grpc-floor PORT   # (internal) the bare servicer, as the bench starts it
 """
 
 from __future__ import annotations
@@ -134,11 +142,87 @@ def decode_binary(headers: dict[str, str], data: bytes) -> np.ndarray:
     return np.frombuffer(data[hl:], np.float32).reshape(meta["outputs"][0]["shape"])
 
 
-def start_server(tree: Path, repo: Path) -> tuple[subprocess.Popen, int]:
+def start_server(tree: Path, repo: Path, grpc_port: int = 0) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "SEPCONV_REPO": str(repo), "SEPCONV_PORT": str(port), "SEPCONV_HOST": "127.0.0.1"}
+    env = {**os.environ, "SEPCONV_REPO": str(repo), "SEPCONV_PORT": str(port), "SEPCONV_HOST": "127.0.0.1",
+           "SEPCONV_GRPC_PORT": str(grpc_port)}
     return subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--log-level", "warning"], cwd=tree,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port
+
+
+# -- gRPC --------------------------------------------------------------------------------------------------
+GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+FLOOR_OUTPUT = 4000  # bytes: mobilenet's 1000 FP32 logits, what the real server answers
+
+
+def grpc_floor_server(port: int) -> None:
+    """The transport floor: a bare grpc.aio servicer (on uvloop, as the server) that receives the request (protobuf
+    parsing included) and answers a prebuilt ModelInferResponse of FLOOR_OUTPUT raw bytes; no other work."""
+
+    import grpc
+    import uvloop
+
+    from sepconv.service.grpc.generated import grpc_service_pb2 as pb
+    from sepconv.service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+
+    response = pb.ModelInferResponse(model_name="floor", model_version="1",
+                                     raw_output_contents=[bytes(FLOOR_OUTPUT)])
+    response.outputs.add(name="logits", datatype="FP32", shape=[1, FLOOR_OUTPUT // 4])
+
+    class Floor(pb_grpc.GRPCInferenceServiceServicer):
+        async def ServerReady(self, request, context):  # noqa: N802
+            return pb.ServerReadyResponse(ready=True)
+
+        async def ModelInfer(self, request, context):  # noqa: N802
+            return response
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Floor(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    uvloop.run(serve())
+
+
+def grpc_request(model: str, x: np.ndarray, input_name: str = "input"):
+    from sepconv.service.grpc.generated import grpc_service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model, raw_input_contents=[x.tobytes()])
+    request.inputs.add(name=input_name, datatype="FP32", shape=list(x.shape))
+    request.outputs.add(name="logits")
+    return request
+
+
+def grpc_stub(port: int, deadline_s: float = 180.0):
+    """A stub on a fresh channel to 127.0.0.1:port, once the server there answers ServerReady."""
+    import grpc
+
+    from sepconv.service.grpc.generated import grpc_service_pb2 as pb
+    from sepconv.service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                return channel, stub
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def default_ort_session(path: Path):
+    """``ort.InferenceSession(path)`` with ONNX Runtime's default session options (what a user gets)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path))
+    except ValueError:  # builds with several providers want them named; the default order is ORT's own
+        return ort.InferenceSession(str(path), providers=ort.get_available_providers())
 
 
 def wait_ready(server: subprocess.Popen, port: int, model: str) -> None:
@@ -219,14 +303,18 @@ def main() -> None:
     from sepconv.service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))
-    server = other = None
+    server = other = floor_proc = None
     try:
         model_path = prepare_repo(args.model, tmp)
-        server, port = start_server(ROOT, tmp)
+        grpc_port, floor_port = free_port(), free_port()
+        server, port = start_server(ROOT, tmp, grpc_port)
+        floor_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--grpc-floor",
+                                       str(floor_port)], cwd=ROOT, stdout=subprocess.DEVNULL)
         if args.versus is not None:
             other, other_port = start_server(args.versus.resolve(), tmp)
         settings = Settings()  # the server reads the same SEPCONV_* environment: same session options
         session = make_session(model_path, settings)
+        default_session = default_ort_session(model_path)
         in_name = session.get_inputs()[0].name
         shape = [1, *session.get_inputs()[0].shape[1:]]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -258,15 +346,27 @@ def main() -> None:
         assert status == 200, data[:300]
         np.testing.assert_allclose(np.array(orjson.loads(data)["outputs"][0]["data"], np.float32).reshape(1, -1),
                                    expected, rtol=1e-4, atol=1e-5)
+        grpc_channel, grpc_server_stub = grpc_stub(grpc_port)
+        floor_channel, floor_stub = grpc_stub(floor_port)
+        g_request = grpc_request(args.model, x, in_name)
+        g_response = grpc_server_stub.ModelInfer(g_request)
+        np.testing.assert_allclose(np.frombuffer(g_response.raw_output_contents[0], np.float32).reshape(
+            list(g_response.outputs[0].shape)), expected, rtol=1e-4, atol=1e-5)
+        assert len(floor_stub.ModelInfer(g_request).raw_output_contents[0]) == FLOOR_OUTPUT
+        np.testing.assert_allclose(default_session.run(None, {in_name: x})[0], expected, rtol=1e-4, atol=1e-4)
         for _ in range(3):
             session.run(None, {in_name: x})
+            default_session.run(None, {in_name: x})
             conn.post(path, bin_body, bin_headers)
             conn.post(path, js_body, js_headers)
+            grpc_server_stub.ModelInfer(g_request)
+            floor_stub.ModelInfer(g_request)
             decode_floor(js_body)
 
         load_before = os.getloadavg()
         # Latency: one sample of each kind in turn, so that background load hits every kind alike.
         inproc, srv_bin, srv_json, floor, other_bin, other_json = [], [], [], [], [], []
+        ort_default, srv_grpc, grpc_floor = [], [], []
         bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
         for _ in range(args.rounds * args.requests):
             t = time.perf_counter()
@@ -279,6 +379,15 @@ def main() -> None:
             conn.send(js_request)
             srv_json.append(time.perf_counter() - t)
             floor.append(decode_floor(js_body))
+            t = time.perf_counter()
+            default_session.run(None, {in_name: x})
+            ort_default.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            grpc_server_stub.ModelInfer(g_request)
+            srv_grpc.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            floor_stub.ModelInfer(g_request)
+            grpc_floor.append(time.perf_counter() - t)
             if other_conn is not None:
                 t = time.perf_counter()
                 other_conn.send(bin_request)
@@ -287,6 +396,9 @@ def main() -> None:
                 other_conn.send(js_request)
                 other_json.append(time.perf_counter() - t)
         conn.close()
+        grpc_channel.close()
+        floor_channel.close()
+        floor_proc.terminate()
         if other_conn is not None:
             other_conn.close()
             other.terminate()  # type: ignore[union-attr]  # not running during the throughput slices
@@ -316,8 +428,10 @@ def main() -> None:
         batches = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
 
         ms = lambda s: f"{s * 1000:7.2f} ms"  # noqa: E731
-        p50 = {k: pct(v, 50) for k, v in (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor))}
-        p90 = {k: pct(v, 90) for k, v in (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor))}
+        kinds = (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor), ("ort", ort_default),
+                 ("grpc", srv_grpc), ("gfloor", grpc_floor))
+        p50 = {k: pct(v, 50) for k, v in kinds}
+        p90 = {k: pct(v, 90) for k, v in kinds}
         print(f"model {args.model}, batch 1, {args.rounds} rounds x {args.requests} requests; "
               f"body sizes: binary {len(bin_body)} B, JSON {len(js_body)} B")
         print(f"cpu cores {os.cpu_count()}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
@@ -329,8 +443,12 @@ def main() -> None:
               f"server {server_providers}")
         print(f"{'':28}{'p50':>10}{'p90':>11}")
         for key, label in (("in", "in-process session.run"), ("bin", "server, binary request"),
-                           ("json", "server, JSON request"), ("floor", "JSON decode floor")):
+                           ("json", "server, JSON request"), ("floor", "JSON decode floor"),
+                           ("ort", "in-process, ORT defaults"), ("grpc", "server, gRPC request"),
+                           ("gfloor", "gRPC transport floor")):
             print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
+        print(f"gRPC: request {g_request.ByteSize()} B (raw_input_contents), response {g_response.ByteSize()} B; "
+              f"floor response {FLOOR_OUTPUT} B raw; ORT defaults: providers {default_session.get_providers()}")
         if other_bin:
             for samples, label in ((other_bin, "--versus server, binary"), (other_json, "--versus server, JSON")):
                 print(f"{label:28}{ms(pct(samples, 50)):>10} {ms(pct(samples, 90)):>10}")
@@ -351,16 +469,22 @@ def main() -> None:
         r_bin = p50["bin"] / p50["in"]
         r_json = (p50["json"] - p50["in"]) / p50["floor"]
         r_thr = thr[16] / seq_thr
+        r_grpc = (p50["grpc"] - p50["ort"]) / p50["gfloor"]
         print()
         print("goal                                                    measured   goal    met")
         print(f"binary p50 / in-process p50                              {r_bin:6.3f}  <= 1.10  {r_bin <= 1.10}")
         print(f"(JSON p50 - in-process p50) / decode floor p50           {r_json:6.3f}  <= 1.25  {r_json <= 1.25}")
         print(f"throughput at concurrency 16 / in-process sequential     {r_thr:6.3f}  >= 1.10  {r_thr >= 1.10}")
+        print(f"(gRPC p50 - ORT-defaults p50) / gRPC floor p50           {r_grpc:6.3f}  <= 1.25  {r_grpc <= 1.25}")
         print(f"(binary overhead p50: {(p50['bin'] - p50['in']) * 1000:.2f} ms; JSON overhead p50: "
               f"{(p50['json'] - p50['in']) * 1000:.2f} ms; medians of {len(inproc)} samples; "
               f"stdev in-process {statistics.pstdev(inproc) * 1000:.2f} ms)")
+        print(f"(gRPC p50 {p50['grpc'] * 1000:.2f} ms vs REST binary {p50['bin'] * 1000:.2f} ms and JSON "
+              f"{p50['json'] * 1000:.2f} ms; gRPC overhead over ORT defaults {(p50['grpc'] - p50['ort']) * 1000:.2f} "
+              f"ms, over the server's own session options {(p50['grpc'] - p50['in']) * 1000:.2f} ms; floor "
+              f"{p50['gfloor'] * 1000:.2f} ms)")
     finally:
-        for proc in (server, other):
+        for proc in (server, other, floor_proc):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
             if proc is not None:
@@ -372,4 +496,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--grpc-floor":
+        grpc_floor_server(int(sys.argv[2]))
+    else:
+        main()
