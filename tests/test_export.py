@@ -114,7 +114,7 @@ def test_exported_name_is_valid_and_metadata_uses_the_layout_keys(tmp_path):
                MetaKey.PADDING, MetaKey.INPUT_NAME, MetaKey.OUTPUT_NAME, MetaKey.INPUT_LAYOUT, MetaKey.INPUT_SHAPE,
                MetaKey.PREPROCESSING, MetaKey.OUTPUT, MetaKey.WEIGHTS, MetaKey.BN_FOLDED, MetaKey.PARAMS,
                MetaKey.TRAINABLE_PARAMS, MetaKey.WEIGHT_PARAMS, MetaKey.DEPLOYED_PARAMS, MetaKey.MACS,
-               MetaKey.SUMMARY, MetaKey.EXPORT_KEY}
+               MetaKey.SUMMARY, MetaKey.EXPORT_KEY, MetaKey.PRECISION}
     assert set(meta) == written and written <= keys
 
 
