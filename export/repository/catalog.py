@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import DEFAULT_OPSET
+from sepconv.export.labels import default_labels, read_labels_file
 from sepconv.export.repository.layout import (
     DEFAULT_MAX_BATCH,
     DEFAULT_REPO,
     DEFAULT_VERSION,
+    LABELS_FILE,
     DynamicBatching,
     MetaKey,
     check_max_batch,
@@ -61,6 +63,7 @@ class ExportRequest:
     version: int = DEFAULT_VERSION
     max_batch_size: int = DEFAULT_MAX_BATCH
     dynamic_batching: dict[str, Any] | None = field(default=None)
+    labels: Path | None = None  # one class name a line; default: ImageNet's for 1000 (1001) classes
 
     def resolved(self, weights: Any = None) -> ExportRequest:
         """Concrete alpha/classes/padding: given ones first, then the weight source's, then the defaults."""
@@ -84,10 +87,21 @@ class ExportRequest:
 
     def key(self) -> str:
         d = asdict(self)
-        if self.weights is not None:
-            st = Path(self.weights).stat()
-            d["weights"] = f"{Path(self.weights).resolve()}@{st.st_mtime_ns}:{st.st_size}"
+        for what in ("weights", "labels"):
+            path = getattr(self, what)
+            if path is not None:
+                st = Path(path).stat()
+                d[what] = f"{Path(path).resolve()}@{st.st_mtime_ns}:{st.st_size}"
         return export_key(d)
+
+    def class_labels(self) -> list[str] | None:
+        """The labels to write: the ``labels`` file's (checked against ``classes``), or ImageNet's for a
+        1000/1001-class classifier, or none."""
+        if self.labels is None:
+            return default_labels(int(self.classes or 1000), self.include_top)
+        if not self.include_top:
+            raise ExportError("--labels needs a classifier: a model exported with --no-top has no classes to label")
+        return read_labels_file(self.labels, int(self.classes or 1000))
 
 
 @dataclass
@@ -146,6 +160,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     source = load_weight_source(request.weights, request) if request.weights is not None else None
     request = request.resolved(source)
     NetworkConfig(request.arch, **request.network_kwargs()).validate()
+    labels = request.class_labels()
     name = check_name(request.model_name)
     key = request.key()
     if not force and is_up_to_date(repo, name, request.version, key):
@@ -153,7 +168,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
         import onnx  # noqa: PLC0415
 
         existing = onnx.load(str(model_path(repo, name, request.version)), load_external_data=False)
-        text = config_pbtxt(name, existing, request.max_batch_size, batching)
+        text = config_pbtxt(name, existing, request.max_batch_size, batching, LABELS_FILE if labels else None)
         if config_path(repo, name).read_text() == text:
             return ExportResult(name, model_path(repo, name, request.version), skipped=True)
     kept = None if force or request.weights is not None else imported_weights_file(repo, name, request.version)
@@ -168,7 +183,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
         report = source.finish().text()  # the importer refuses a file with tensors the network never used
         extra.update({str(k): str(v) for k, v in source.metadata().items()})
     path = write_model(net.model, repo, name, version=request.version, max_batch=request.max_batch_size,
-                       dynamic_batching=batching, metadata=extra)
+                       dynamic_batching=batching, metadata=extra, labels=labels)
     totals = net.summary()
     return ExportResult(name, path, skipped=False, macs=totals["macs"], params=totals["total_params"],
                         import_report=report)
@@ -206,8 +221,9 @@ def load_catalog(path: Path = DEFAULT_CATALOG) -> tuple[Path, list[ExportRequest
                               f"known: {', '.join(sorted(_FIELDS))}")
         if "arch" not in merged:
             raise ExportError(f"catalog {path}, model #{i}: 'arch' is required")
-        if merged.get("weights"):
-            merged["weights"] = Path(merged["weights"])
+        for what in ("weights", "labels"):
+            if merged.get(what):
+                merged[what] = Path(merged[what])
         try:
             requests.append(ExportRequest(**merged))
         except TypeError as exc:
