@@ -9,9 +9,8 @@ Request body = a JSON header, optionally followed by raw tensor bytes; the heade
 Decoding produces the data plane's transport-neutral :class:`~sepconv.service.dataplane.types.InferRequest`;
 encoding takes its :class:`~sepconv.service.dataplane.types.InferResponse`. A requested output's
 ``parameters.classification`` (Triton's classification extension) is decoded here, served by the data plane.
-Everything here is plain functions
-over bytes/numpy (no pydantic) to keep the hot path short; every client mistake raises ``InvalidInput``
-(a protocol feature this server does not offer, ``NotSupported``).
+Everything here is plain functions over bytes/numpy (no pydantic) to keep the hot path short; every client mistake
+raises ``InvalidInput`` (a protocol feature this server does not offer, ``NotSupported``).
 """
 
 from __future__ import annotations
