@@ -16,7 +16,8 @@ Route modules get these through :mod:`sepconv.service.rest.deps`.
 
 Routers: V2 protocol (:mod:`sepconv.service.rest.v2`, its infer routes also reached through
 :mod:`sepconv.service.rest.fastpath`), ``/v1/conv`` (:mod:`sepconv.service.rest.conv`), profiling
-(:mod:`sepconv.service.rest.profiling`), ``/metrics`` and the dashboard at ``/`` (:mod:`sepconv.service.rest.ops`).
+(:mod:`sepconv.service.rest.profiling`), ``/v1/models/{m}/classify`` (:mod:`sepconv.service.rest.classify`),
+``/metrics``, the dashboard at ``/`` and the model pages (:mod:`sepconv.service.rest.ops`).
 Models load at start-up (lifespan); shutdown lets in-flight requests finish, then unloads.
 
 Run: ``uvicorn --factory sepconv.service.app:create_app`` (or ``sepconv.service.app:app``, made on first access).
@@ -36,6 +37,7 @@ from fastapi import FastAPI
 from sepconv import __version__
 from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.registry.registry import ModelRegistry
+from sepconv.service.rest import classify as classify_routes
 from sepconv.service.rest import conv as conv_routes
 from sepconv.service.rest import docs, ops, v2
 from sepconv.service.rest import profiling as profiling_routes
@@ -91,7 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     conv_routes.attach(app, settings)
     profiling_routes.attach(app, settings)
+    classify_routes.attach(app, settings)
     app.include_router(conv_routes.router)
+    app.include_router(classify_routes.router)
     app.include_router(profiling_routes.router)
     app.include_router(ops.router)
     docs.install(app)

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     profile_max_gmacs: float = Field(2000.0, description="largest compute one profile may cost, in billions of "
                                                          "multiply-adds (per image x batch x all runs); 413 above")
 
+    # -- classification (/v1/models/{m}/classify) ----------------------------------------------
+    classify_max_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted (413 above)")
+    classify_max_pixels: int = Field(40_000_000, description="largest image, width x height, that is decoded; "
+                                                             "checked on the file's header, before any pixel (413)")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sepconv.export.errors import ExportError
-from sepconv.export.preprocessing import IMAGE_SUFFIXES, load_image, preprocess, style_of
+from sepconv.export.preprocessing import IMAGE_SUFFIXES, load_image, preprocess, style_for
 from sepconv.export.repository.layout import MetaKey
 
 MAX_CALIBRATION_INPUTS = 1024
@@ -41,7 +41,7 @@ class InputSpec:
     def of(cls, metadata: Mapping[str, str]) -> InputSpec:
         try:
             shape = tuple(int(d) for d in json.loads(metadata[MetaKey.INPUT_SHAPE]))
-            return cls(shape, metadata[MetaKey.INPUT_LAYOUT], int(metadata[MetaKey.RESOLUTION]), style_of(metadata))
+            return cls(shape, metadata[MetaKey.INPUT_LAYOUT], int(metadata[MetaKey.RESOLUTION]), style_for(metadata))
         except (KeyError, ValueError, TypeError) as exc:
             raise ExportError(f"the model lacks the exporter's input metadata ({exc})") from None
 

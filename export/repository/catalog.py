@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import DEFAULT_OPSET
+from sepconv.export.labels import default_labels, read_labels_file
 from sepconv.export.repository.layout import (
     DEFAULT_MAX_BATCH,
     DEFAULT_REPO,
     DEFAULT_VERSION,
+    LABELS_FILE,
     DynamicBatching,
     MetaKey,
     check_max_batch,
@@ -65,6 +67,7 @@ class ExportRequest:
     precision: str = "fp32"  # fp32 | fp16 | int8 (export/precision/)
     calibration: Path | None = None  # .npy of inputs or a folder of images (int8 calibration, drift inputs)
     calibration_method: str = "minmax"  # minmax | entropy | percentile
+    labels: Path | None = None  # one class name a line; default: ImageNet's for 1000 (1001) classes
 
     def resolved(self, weights: Any = None) -> ExportRequest:
         """Concrete alpha/classes/padding: given ones first, then the weight source's, then the defaults."""
@@ -88,11 +91,20 @@ class ExportRequest:
 
     def key(self) -> str:
         d = asdict(self)
-        for attr in ("weights", "calibration"):
+        for attr in ("weights", "calibration", "labels"):
             path = getattr(self, attr)
             if path is not None:
                 d[attr] = _stamp(Path(path))
         return export_key(d)
+
+    def class_labels(self) -> list[str] | None:
+        """The labels to write: the ``labels`` file's (checked against ``classes``), or ImageNet's for a
+        1000/1001-class classifier, or none."""
+        if self.labels is None:
+            return default_labels(int(self.classes or 1000), self.include_top)
+        if not self.include_top:
+            raise ExportError("--labels needs a classifier: a model exported with --no-top has no classes to label")
+        return read_labels_file(self.labels, int(self.classes or 1000))
 
 
 def _stamp(path: Path) -> str:
@@ -173,6 +185,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     source = load_weight_source(request.weights, request) if request.weights is not None else None
     request = request.resolved(source)
     NetworkConfig(request.arch, **request.network_kwargs()).validate()
+    labels = request.class_labels()
     name = check_name(request.model_name)
     key = request.key()
     if not force and is_up_to_date(repo, name, request.version, key):
@@ -180,7 +193,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
         import onnx  # noqa: PLC0415
 
         existing = onnx.load(str(model_path(repo, name, request.version)), load_external_data=False)
-        text = config_pbtxt(name, existing, request.max_batch_size, batching)
+        text = config_pbtxt(name, existing, request.max_batch_size, batching, LABELS_FILE if labels else None)
         if config_path(repo, name).read_text() == text:
             return ExportResult(name, model_path(repo, name, request.version), skipped=True)
     kept = None if force or request.weights is not None else imported_weights_file(repo, name, request.version)
@@ -198,7 +211,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     variant = make_variant(net.model, request.precision, request.calibration, request.calibration_method)
     extra.update(variant.metadata)
     path = write_model(variant.model, repo, name, version=request.version, max_batch=request.max_batch_size,
-                       dynamic_batching=batching, metadata=extra)
+                       dynamic_batching=batching, metadata=extra, labels=labels)
     totals = net.summary()
     return ExportResult(name, path, skipped=False, macs=totals["macs"], params=totals["total_params"],
                         import_report=report, drift=variant.report, warnings=variant.warnings)
@@ -236,7 +249,7 @@ def load_catalog(path: Path = DEFAULT_CATALOG) -> tuple[Path, list[ExportRequest
                               f"known: {', '.join(sorted(_FIELDS))}")
         if "arch" not in merged:
             raise ExportError(f"catalog {path}, model #{i}: 'arch' is required")
-        for attr in ("weights", "calibration"):
+        for attr in ("weights", "calibration", "labels"):
             if merged.get(attr):
                 merged[attr] = Path(merged[attr])
         try:

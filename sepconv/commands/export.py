@@ -33,6 +33,9 @@ def export(
     allow_unused: Annotated[bool, typer.Option(
         "--allow-unused", help="accept a weights file holding tensors the network does not use "
                                "(e.g. a classifier with --no-top)")] = False,
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="class names, one a line, one line per class (written as labels.txt) "
+                         "[default: ImageNet's for 1000 or 1001 classes]")] = None,
     name: Annotated[str | None, typer.Option("--name", help="model name (default ARCH_ALPHA_RESOLUTION)")] = None,
     version: Annotated[int, typer.Option("--version", help="model version folder")] = DEFAULT_VERSION,
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
@@ -63,9 +66,9 @@ def export(
         request = ExportRequest(
             arch=arch, alpha=alpha, resolution=resolution, classes=classes, include_top=not no_top,
             padding=padding.lower() if padding else None, input_layout=input_layout.upper(), seed=seed,
-            fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, name=name, version=version,
-            max_batch_size=max_batch, opset=opset, precision=precision.lower(), calibration=calibration,
-            calibration_method=calibration_method.lower())
+            fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, labels=labels, name=name,
+            version=version, max_batch_size=max_batch, opset=opset, precision=precision.lower(),
+            calibration=calibration, calibration_method=calibration_method.lower())
         result = export_one(request, repo or DEFAULT_REPO, force=True)
     except ExportError as exc:
         raise fail(str(exc)) from None

@@ -8,7 +8,8 @@ the typed ones of :mod:`sepconv.service.errors`.
   :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_config`,
   :meth:`~DataPlane.statistics`;
 * :meth:`~DataPlane.infer` — one request: model lookup, decode (the transport's), input checks
-  (:mod:`.inputs`), the model's scheduler (which calls ``session.run``), encode (the transport's). Its time,
+  (:mod:`.inputs`), the model's scheduler (which calls ``session.run``), Triton's classification extension on the
+  outputs that ask for it (:mod:`.classification`), encode (the transport's). Its time,
   Triton's statistics and the Prometheus series are recorded once, in :meth:`~DataPlane._accounting`
   (failures labelled by the error's type name);
 * the repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load`,
@@ -32,8 +33,9 @@ import orjson
 
 from sepconv import __version__
 from sepconv.export.repository.layout import is_internal_key
+from sepconv.service.dataplane.classification import classify
 from sepconv.service.dataplane.inputs import feed_for, wanted_outputs
-from sepconv.service.dataplane.types import InferCall, InferResponse, OutputTensor
+from sepconv.service.dataplane.types import InferCall, InferRequest, InferResponse, OutputTensor
 from sepconv.service.errors import (
     InvalidInput,
     ModelNotReady,
@@ -52,8 +54,8 @@ from sepconv.service.settings import Settings
 
 R = TypeVar("R")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "model_repository(unload_dependents)",
-              "statistics", "logging"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)", "statistics", "logging"]
 
 _LOG_KEYS = frozenset({"log_file", "log_info", "log_warning", "log_error", "log_verbose_level", "log_format"})
 
@@ -77,6 +79,15 @@ class _Timing:
     def __init__(self) -> None:
         self.job: Job | None = None
         self.encode_ns = 0
+
+
+def _classified(model: LoadedModel, request: InferRequest, outputs: list[OutputTensor]) -> list[OutputTensor]:
+    """The outputs requested with ``classification: K`` replaced by their top-K strings (always BYTES)."""
+    counts = {o.name: o.classification for o in request.outputs or () if o.classification}
+    batched = model.max_batch_size > 0
+    return [OutputTensor(o.name, "BYTES", classify(o.array, o.datatype, counts[o.name], model.labels.get(o.name),
+                                                   batched), o.binary)
+            if o.name in counts else o for o in outputs]
 
 
 class DataPlane:
@@ -159,8 +170,10 @@ class DataPlane:
             timing.job = job
             timing.encode_ns = time.perf_counter_ns()
             result = job.result or {}
-            return call.encode(InferResponse(model.name, model.version, request.id, [
-                OutputTensor(spec.name, spec.datatype, result[spec.name], binary) for spec, binary in wanted]))
+            outputs = [OutputTensor(spec.name, spec.datatype, result[spec.name], binary) for spec, binary in wanted]
+            if request.outputs and any(o.classification for o in request.outputs):
+                outputs = _classified(model, request, outputs)
+            return call.encode(InferResponse(model.name, model.version, request.id, outputs))
 
     @contextmanager
     def _accounting(self, model: LoadedModel, start: int) -> Iterator[_Timing]:

@@ -4,7 +4,8 @@
 ``.version``, ``.path`` (the model.onnx), ``.session`` (ORT ``InferenceSession``), ``.metadata`` (ONNX
 metadata_props), ``.max_batch_size``, ``.config`` (:class:`~sepconv.service.registry.model_config.ModelConfig`;
 ``.config.to_json()`` is the V2 config), ``.providers`` (what the session really runs on), ``.inputs`` /
-``.outputs`` (:class:`TensorSpec`, as clients see them), ``.stats`` (Triton's statistics), ``.metrics`` (its
+``.outputs`` (:class:`TensorSpec`, as clients see them), ``.labels`` (output name -> its class labels, read from
+the config's ``label_filename``), ``.stats`` (Triton's statistics), ``.metrics`` (its
 Prometheus children) and ``.scheduler`` (set by the serving hook when the version loads).
 """
 
@@ -55,6 +56,7 @@ class LoadedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     requested_providers: list[str] = field(default_factory=list)  # what was asked for (providers = what runs)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output name -> class labels (label_filename)
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Scheduler | None = None  # attached by the serving hook (service.runtime.serving) on load
     loaded_at: float = field(default_factory=time.time)

@@ -193,6 +193,12 @@ class ModelRegistry:
         completed = complete_config(config, session.get_inputs(), session.get_outputs(),
                                     self.settings.default_max_batch_size, self.settings.default_queue_delay_us)
         batched = completed.max_batch_size > 0
+        labels = {}
+        for t in completed.outputs:
+            filename = t.extra.get("label_filename")
+            if filename:
+                classes = t.dims[-1] if t.dims and t.dims[-1] > 0 else None
+                labels[t.name] = scan.read_labels(model_dir, self.root, str(filename), t.name, classes)
         providers = list(session.get_providers())
         if not completed.instance_groups:  # as Triton does: the kind the session really got
             completed.instance_groups = [InstanceGroup(kind="KIND_GPU" if wants_gpu(providers) else "KIND_CPU",
@@ -203,6 +209,7 @@ class ModelRegistry:
             providers=providers, requested_providers=resolve_providers(requested, self.settings),
             inputs=[TensorSpec(t.name, t.datatype, _spec_shape(t.dims, batched)) for t in completed.inputs],
             outputs=[TensorSpec(t.name, t.datatype, _spec_shape(t.dims, batched)) for t in completed.outputs],
+            labels=labels,
         )
         for hook in self.hooks:
             hook.on_load(model)

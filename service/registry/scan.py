@@ -3,6 +3,7 @@
 Layout (names, versions and file names are :mod:`sepconv.export.repository.layout`'s, the one owner of those rules)::
 
     REPO/NAME/config.pbtxt          (optional; auto-completed from the ONNX model when absent)
+    REPO/NAME/labels.txt            (optional; any file an output's ``label_filename`` names, in the model folder)
     REPO/NAME/VERSION/model.onnx    (VERSION = a positive integer; the file name is the config's
                                      ``default_model_filename``)
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+from sepconv.export.labels import MAX_LABELS_BYTES, LabelsError, parse_labels
 from sepconv.export.repository import layout
 from sepconv.service.errors import InvalidInput
 from sepconv.service.registry.model_config import ModelConfig, parse_config
@@ -168,3 +170,27 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) ->
             raise LoadError(f"tensor {tensor.name!r}: external data {location!r} points outside the repository")
         if not target.is_file():
             raise LoadError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
+
+
+def read_labels(directory: Path, root: Path, filename: str, output: str, classes: int | None) -> list[str]:
+    """The labels an output's ``label_filename`` names (a plain file name in the model folder, as Triton reads
+    it): inside the repository, a regular UTF-8 file of at most ``MAX_LABELS_BYTES``, one label a line, and, when
+    the output's class count is known, exactly one line per class."""
+    shown = f"label_filename {filename!r} of output {output!r}"
+    if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise LoadError(f"{shown} must be a plain file name in the model's folder")
+    path = directory / filename
+    if not path.exists():
+        raise LoadError(f"{shown}: the file is missing")
+    if not inside(path, root):
+        raise LoadError(f"{shown} resolves outside the repository")
+    if not path.is_file():
+        raise LoadError(f"{shown} is not a regular file")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise LoadError(f"{shown} is over {MAX_LABELS_BYTES} bytes")
+    try:
+        return parse_labels(path.read_bytes().decode("utf-8"), classes, shown)
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"{shown} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (OSError, LabelsError) as exc:
+        raise LoadError(str(exc)) from None
