@@ -44,18 +44,23 @@ from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.rest.fastpath import InferFastPath
 from sepconv.service.rest.middleware import InFlight, ServiceMiddleware
+from sepconv.service.rest.transport import TransportGuard
 from sepconv.service.runtime.serving import ServingHook, make_executor
-from sepconv.service.settings import Settings, get_settings
+from sepconv.service.settings import Settings, admin_problem, get_settings
 
 log = logging.getLogger("sepconv.app")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    problem = admin_problem(settings)
+    if problem:
+        raise RuntimeError(problem)
     executor = make_executor(settings)
     registry = ModelRegistry(settings, hooks=[ServingHook(executor, settings)])
     dataplane = DataPlane(settings, registry)
     in_flight = InFlight()
+    guard = TransportGuard(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     app.state.executor = executor
     app.state.in_flight = in_flight
+    app.state.transport_guard = guard  # shared by the connections (rest.transport) and the middleware
 
     install_error_handlers(app)
     app.include_router(v2.router)
@@ -101,9 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
-    app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,
-                       log_requests=settings.access_log, tracker=in_flight,
-                       max_inflight_bytes=settings.max_inflight_bytes)
+    app.add_middleware(ServiceMiddleware, settings=settings, tracker=in_flight, guard=guard)
     return app
 
 

@@ -163,7 +163,7 @@ def server(model_repo: Path):
     from sepconv.service.settings import Settings
 
     app = create_app(Settings(repo=model_repo, providers="cpu", max_request_bytes=4 * 1024 * 1024,
-                              admin_token=None, access_log=False))
+                              admin_token=None, access_log=False, model_control="explicit"))
     with running_server(app) as url:
         yield Server(url=url, app=app, repo=model_repo)
 

@@ -3,7 +3,9 @@
 Triton's classification extension reads it; the rules: :mod:`.layout`).
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
-server scanning the repository never sees half a model. Each model carries an export key in its
+server scanning the repository never sees half a model. An export killed mid-write (SIGKILL: no ``except``
+runs) leaves its ``.{file}.*.tmp``; the next write into that folder removes those older than
+:data:`STALE_TEMP_S` (younger ones may belong to an export still running). Each model carries an export key in its
 metadata; :func:`is_up_to_date` compares it so re-exporting an unchanged catalog is a no-op.
 """
 
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +86,26 @@ def export_key(request: dict[str, Any]) -> str:
     return json.dumps({**request, "exporter": exporter_fingerprint()}, sort_keys=True, default=str)
 
 
+STALE_TEMP_S = 600.0  # a temporary file this old is left from an interrupted write
+
+
+def sweep_stale_temps(folder: Path, name: str, max_age_s: float = STALE_TEMP_S) -> list[Path]:
+    """Remove ``folder``'s temporary files of ``name`` (``.{name}.*.tmp``) older than ``max_age_s``."""
+    removed = []
+    now = time.time()
+    for tmp in folder.glob(f".{name}.*{TEMP_SUFFIX}"):
+        try:
+            if now - tmp.stat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -13,7 +13,10 @@ the typed ones of :mod:`sepconv.service.errors`.
   Triton's statistics and the Prometheus series are recorded once, in :meth:`~DataPlane._accounting`
   (failures labelled by the error's type name);
 * the repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load`,
-  :meth:`~DataPlane.unload`, guarded by :meth:`~DataPlane.authorize` (the admin token, when one is set);
+  :meth:`~DataPlane.unload`; these and log-setting changes are guarded by :meth:`~DataPlane.authorize` (model
+  control as Triton's ``--model-control-mode``: ``none`` refuses them, ``explicit`` wants the admin token when
+  one is set; cross-origin browser requests are refused either way). Config overrides are bounded
+  (:meth:`~DataPlane._check_override`);
 * Triton's logging extension (:meth:`~DataPlane.log_settings`, :meth:`~DataPlane.set_log_settings`) and the
   answers for the extensions this server does not offer (trace, shared memory), so that unmodified clients work.
 """
@@ -159,9 +162,11 @@ class DataPlane:
         ``call.encode(response)``. ``alone`` = the transport handles no other request now (the scheduler may
         then run it inline, see :mod:`sepconv.service.runtime.scheduler`)."""
         start = time.perf_counter_ns()
-        model = self.registry.get(name, version)
+        model = self.registry.get(name, version)  # an unknown model is refused before its body is read
         with self._accounting(model, start) as timing:
             request = await call.decode()
+            # the body may have taken a while to arrive: a reload meanwhile retired ``model``, so ask again
+            model = self.registry.get(name, version)
             feed, batch = feed_for(model, request)
             wanted = wanted_outputs(model, request)
             if model.scheduler is None:
@@ -199,9 +204,19 @@ class DataPlane:
         metrics.queue.observe(job.queue_ns / 1e9)
 
     # -- repository ----------------------------------------------------------------------------------
-    def authorize(self, token: str | None) -> None:
-        """The admin check for repository load/unload: nothing to do without ``settings.admin_token``;
-        else ``token`` (the bearer token the client sent, ``None`` when it sent none) must match it."""
+    def authorize(self, token: str | None, *, cross_origin: bool = False) -> None:
+        """The admin check for state-changing calls (repository load/unload, log settings): refused from a
+        cross-origin browser request (``cross_origin``, the transport's judgement) and with model control
+        ``none``; with ``explicit``, ``token`` (the bearer token the client sent, ``None`` when it sent none)
+        must match ``settings.admin_token`` when one is set (without one the server listens on loopback only:
+        :func:`~sepconv.service.settings.admin_problem`)."""
+        if cross_origin:
+            raise PermissionDenied("cross-origin requests may not change this server's models or settings "
+                                   "(the request's Origin is not this server)")
+        if self.settings.model_control != "explicit":
+            raise PermissionDenied("model control is 'none': repository load/unload and log changes are off; "
+                                   "start the server with --model-control explicit (SEPCONV_MODEL_CONTROL) "
+                                   "and SEPCONV_ADMIN_TOKEN to allow them")
         expected = self.settings.admin_token
         if not expected:
             return
@@ -232,7 +247,24 @@ class DataPlane:
                 override = config_from_json(obj, name)
             except (orjson.JSONDecodeError, ConfigError) as exc:
                 raise InvalidInput(f"invalid 'config' parameter: {exc}") from exc
+            self._check_override(override)
         await asyncio.to_thread(self.registry.load, name, override)
+
+    def _check_override(self, config: Any) -> None:
+        """A load request's config override may not set what would stall or exhaust the server."""
+        s = self.settings
+        batching = config.dynamic_batching
+        delay = batching.max_queue_delay_microseconds if batching is not None else 0
+        if delay > s.max_override_queue_delay_us:
+            raise InvalidInput(f"invalid 'config' parameter: max_queue_delay_microseconds {delay} is over "
+                               f"{s.max_override_queue_delay_us} (SEPCONV_MAX_OVERRIDE_QUEUE_DELAY_US)")
+        count = sum(g.count for g in config.instance_groups)
+        if count > s.max_override_instances:
+            raise InvalidInput(f"invalid 'config' parameter: {count} instances is over "
+                               f"{s.max_override_instances} (SEPCONV_MAX_OVERRIDE_INSTANCES)")
+        if (config.max_batch_size or 0) > s.max_override_batch_size:
+            raise InvalidInput(f"invalid 'config' parameter: max_batch_size {config.max_batch_size} is over "
+                               f"{s.max_override_batch_size} (SEPCONV_MAX_OVERRIDE_BATCH_SIZE)")
 
     async def unload(self, name: str) -> None:
         check_name(name)

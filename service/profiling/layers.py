@@ -11,6 +11,7 @@ so it can still be profiled. :func:`summary_of` is what ``GET /v1/models/{m}/sum
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,16 @@ def metadata_summary(model: onnx.ModelProto) -> dict[str, Any] | None:
     return None
 
 
-def summary_of(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
+def summary_of(metadata: dict[str, str], model: str | Path | bytes | Callable[[], bytes]) -> dict[str, Any]:
     """The public summary of a loaded model: from its metadata (``metadata``, already read at load time),
-    else worked out from the graph at ``path``."""
+    else worked out from the graph (``model``: its serialized bytes, a function giving them, or a path)."""
     summary = _parse_summary(metadata.get(MetaKey.SUMMARY))
     if summary is None:
-        summary = graph_summary(onnx.load(str(path), load_external_data=False))
+        if callable(model):
+            model = model()
+        proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else \
+            onnx.load(str(model), load_external_data=False)
+        summary = graph_summary(proto)
     out = public_summary(summary)
     out["precision"] = metadata.get(MetaKey.PRECISION, "fp32")
     if MetaKey.CALIBRATION in metadata:

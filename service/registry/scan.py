@@ -116,18 +116,18 @@ def model_file(directory: Path, root: Path, version: str, filename: str) -> Path
     return path
 
 
-def read_metadata(path: Path, root: Path, shown: str) -> dict[str, str]:
-    """The ONNX model's ``metadata_props``, after checking that the file holds a graph and that its external
-    data stays inside the repository (the weights themselves are not read: ``shown`` names the file in
-    messages)."""
+def read_metadata(path: Path, root: Path, shown: str, data: bytes) -> tuple[dict[str, str], bool]:
+    """The ONNX model's ``metadata_props`` (from ``data``, the file's bytes) and whether it has external data,
+    after checking that it holds a graph and that its external data stays inside the repository (the
+    weights themselves are not read: ``shown`` names the file in messages)."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have various types
         raise LoadError(f"{shown} is not a valid ONNX model: {exc}") from exc
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{shown} holds no graph (empty or not ONNX)")
-    check_external_data(proto, path, root)
-    return {p.key: p.value for p in proto.metadata_props}
+    external = check_external_data(proto, path, root)
+    return {p.key: p.value for p in proto.metadata_props}, external
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -155,12 +155,15 @@ def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]
                 yield from _all_tensors(sub)
 
 
-def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) -> None:
-    """Every external-data location must be a relative path that stays inside the repository."""
+def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) -> bool:
+    """Every external-data location must be a relative path that stays inside the repository; True when the
+    model has any."""
+    found = False
     functions = (t for f in proto.functions for t in _node_tensors(f.node))  # model-local functions too
     for tensor in itertools.chain(_all_tensors(proto.graph), functions):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
+        found = True
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
         if not location or Path(location).is_absolute() or location.startswith(("/", "\\")):
@@ -170,6 +173,7 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) ->
             raise LoadError(f"tensor {tensor.name!r}: external data {location!r} points outside the repository")
         if not target.is_file():
             raise LoadError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
+    return found
 
 
 def read_labels(directory: Path, root: Path, filename: str, output: str, classes: int | None) -> list[str]:
