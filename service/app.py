@@ -19,7 +19,8 @@ Route modules get these through :mod:`sepconv.service.rest.deps`.
 
 Routers: V2 protocol (:mod:`sepconv.service.rest.v2`, its infer routes also reached through
 :mod:`sepconv.service.rest.fastpath`), ``/v1/conv`` (:mod:`sepconv.service.rest.conv`), profiling
-(:mod:`sepconv.service.rest.profiling`), ``/metrics`` and the dashboard at ``/`` (:mod:`sepconv.service.rest.ops`).
+(:mod:`sepconv.service.rest.profiling`), ``/v1/models/{m}/classify`` (:mod:`sepconv.service.rest.classify`),
+``/metrics``, the dashboard at ``/`` and the model pages (:mod:`sepconv.service.rest.ops`).
 Models load at start-up (lifespan), then gRPC starts; shutdown stops gRPC (its RPCs in flight finish), lets
 in-flight HTTP requests finish, then unloads.
 
@@ -41,24 +42,30 @@ from sepconv import __version__
 from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.grpc.server import GrpcServer
 from sepconv.service.registry.registry import ModelRegistry
+from sepconv.service.rest import classify as classify_routes
 from sepconv.service.rest import conv as conv_routes
 from sepconv.service.rest import docs, ops, v2
 from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.rest.fastpath import InferFastPath
 from sepconv.service.rest.middleware import InFlight, ServiceMiddleware
+from sepconv.service.rest.transport import TransportGuard
 from sepconv.service.runtime.serving import ServingHook, make_executor
-from sepconv.service.settings import Settings, get_settings
+from sepconv.service.settings import Settings, admin_problem, get_settings
 
 log = logging.getLogger("sepconv.app")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    problem = admin_problem(settings)
+    if problem:
+        raise RuntimeError(problem)
     executor = make_executor(settings)
     registry = ModelRegistry(settings, hooks=[ServingHook(executor, settings)])
     dataplane = DataPlane(settings, registry)
     in_flight = InFlight()
+    guard = TransportGuard(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,20 +112,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.executor = executor
     app.state.in_flight = in_flight
     app.state.grpc = None
+    app.state.transport_guard = guard  # shared by the connections (rest.transport) and the middleware
 
     install_error_handlers(app)
     app.include_router(v2.router)
     conv_routes.attach(app, settings)
     profiling_routes.attach(app, settings)
+    classify_routes.attach(app, settings)
     app.include_router(conv_routes.router)
+    app.include_router(classify_routes.router)
     app.include_router(profiling_routes.router)
     app.include_router(ops.router)
     docs.install(app)
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
-    app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,
-                       log_requests=settings.access_log, tracker=in_flight,
-                       max_inflight_bytes=settings.max_inflight_bytes)
+    app.add_middleware(ServiceMiddleware, settings=settings, tracker=in_flight, guard=guard)
     return app
 
 

@@ -15,6 +15,7 @@ class                       meaning                                            H
 ``ModelNotReady``           the model exists but is not READY                   503  UNAVAILABLE
 ``Unavailable``             the server cannot serve this now (unloading, ...)   503  UNAVAILABLE
 ``TooLarge``                over a configured size or compute limit             413  RESOURCE_EXHAUSTED
+``RequestTimeout``          the request (its body) did not arrive in time       408  DEADLINE_EXCEEDED
 ``Busy``                    one-at-a-time work already running (retry later)    429  RESOURCE_EXHAUSTED
 ``Overloaded``              a shared budget is spent (retry later)              503  UNAVAILABLE
 ``Unauthenticated``         credentials missing                                 401  UNAUTHENTICATED
@@ -69,6 +70,10 @@ class Unavailable(ServiceError):
 
 class TooLarge(ServiceError):
     """The request is over a configured size or compute limit."""
+
+
+class RequestTimeout(ServiceError):
+    """The client did not send its request (body) in time."""
 
 
 class Busy(ServiceError):

@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     port: int = 8000
     grpc_port: int = Field(8001, ge=0, le=65535, description="port of the gRPC transport (Triton's "
                                                              "GRPCInferenceService) on the same host; 0 = no gRPC")
-    admin_token: str | None = Field(None, description="bearer token required by repository load/unload")
+    admin_token: str | None = Field(None, description="bearer token required by repository load/unload and log "
+                                                      "changes (model control 'explicit')")
     max_request_bytes: int = Field(64 * 1024 * 1024, description="largest request body accepted (413 above)")
     max_inflight_bytes: int = Field(256 * 1024 * 1024, description="request bodies handled at once, in bytes "
                                                                    "(503 + Retry-After above; a lone request always "
@@ -41,6 +42,34 @@ class Settings(BaseSettings):
                                                        "--strict-readiness); otherwise once start-up is done")
     access_log: bool = Field(True, description="one structured (JSON) log line per request")
     shutdown_grace_s: float = Field(30.0, description="how long shutdown waits for in-flight requests")
+
+    # -- hardening: model control, transport limits and timeouts ------------------------------
+    model_control: Literal["none", "explicit"] = Field(
+        "none", description="as Triton's --model-control-mode: 'none' refuses repository load/unload and log "
+                            "changes (4xx); 'explicit' allows them with the admin token (a server listening "
+                            "beyond loopback refuses to start in explicit mode without one)")
+    max_override_queue_delay_us: int = Field(1_000_000, description="largest max_queue_delay_microseconds a load "
+                                                                    "request's config override may set")
+    max_override_instances: int = Field(16, description="largest instance_group count a config override may set")
+    max_override_batch_size: int = Field(256, description="largest max_batch_size a config override may set")
+    header_timeout_s: float = Field(10.0, description="a connection must complete a request's headers within this "
+                                                     "(closed otherwise)")
+    body_timeout_s: float = Field(30.0, description="a request body may take this long, plus the time its bytes "
+                                                   "need at body_min_rate (408 and closed otherwise)")
+    body_min_rate: int = Field(16 * 1024, description="bytes per second a request body must keep up, past "
+                                                      "body_timeout_s")
+    keep_alive_timeout_s: float = Field(5.0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(0, description="open connections at most (0 = the file-descriptor limit less a "
+                                                "reserve); at the cap the oldest idle connection is closed for a "
+                                                "new one, or the new one gets 503")
+    drain_max_bytes: int = Field(16 * 1024 * 1024, description="request body bytes still read (and discarded) "
+                                                              "after an early answer (413/503), so that the "
+                                                              "client reads it instead of a reset")
+    drain_timeout_s: float = Field(5.0, description="how long an early answer keeps reading the rest of the body")
+    json_max_elements: int = Field(4 * 1024 * 1024, description="JSON values + containers one body may hold, "
+                                                                "counted before parsing (413 above)")
+    json_max_containers: int = Field(512 * 1024, description="JSON lists + objects one body may hold, counted "
+                                                             "before parsing (413 above)")
 
     # -- runtime (ONNX Runtime sessions) ----------------------------------------------------
     providers: str = Field("auto", description="'auto' (CUDA if it really starts, else CPU), 'cpu', 'cuda', "
@@ -68,6 +97,10 @@ class Settings(BaseSettings):
     conv_max_list_elements: int = Field(
         1024 * 1024, description="most numbers a request may send, or get back, as nested JSON lists (a Python "
                                  "object each: far costlier than base64); larger tensors must use {shape, b64}")
+    conv_max_output_elements: int = Field(4 * 1024 * 1024, description="largest /v1/conv output (elements, "
+                                                                       "batch included), from declared shapes")
+    conv_max_filter_elements: int = Field(4 * 1024 * 1024, description="largest filter of /v1/conv and "
+                                                                       "/v1/profile/conv (elements)")
     conv_cache_size: int = Field(64, description="compiled single-op graphs kept (LRU)")
 
     # -- profiling --------------------------------------------------------------------------
@@ -78,6 +111,22 @@ class Settings(BaseSettings):
     profile_max_warmup: int = Field(100, description="largest warm-up run count one profile may ask for")
     profile_max_gmacs: float = Field(2000.0, description="largest compute one profile may cost, in billions of "
                                                          "multiply-adds (per image x batch x all runs); 413 above")
+
+    # -- classification (/v1/models/{m}/classify) ----------------------------------------------
+    classify_max_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted (413 above)")
+    classify_max_pixels: int = Field(40_000_000, description="largest image, width x height, that is decoded; "
+                                                             "checked on the file's header, before any pixel (413)")
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def admin_problem(settings: Settings) -> str | None:
+    """Why ``settings`` must not start a server (model control 'explicit' beyond loopback without a token)."""
+    if settings.model_control == "explicit" and not settings.admin_token and settings.host not in LOOPBACK_HOSTS:
+        return (f"--model-control explicit on {settings.host} (beyond loopback) needs SEPCONV_ADMIN_TOKEN: anyone "
+                "who can reach the port could load and unload models")
+    return None
 
 
 @lru_cache(maxsize=1)

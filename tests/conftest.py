@@ -176,7 +176,7 @@ def server(model_repo: Path):
 
     grpc_port = free_port()
     app = create_app(Settings(repo=model_repo, providers="cpu", max_request_bytes=4 * 1024 * 1024,
-                              admin_token=None, access_log=False, grpc_port=grpc_port))
+                              admin_token=None, access_log=False, model_control="explicit", grpc_port=grpc_port))
     with running_server(app) as url:
         yield Server(url=url, app=app, repo=model_repo, grpc_port=grpc_port)
 

@@ -22,7 +22,13 @@ def free_port() -> int:
 def running_server(app, ready_path: str = "/v2/health/live", timeout: float = 60.0) -> Iterator[str]:
     """Start ``app`` under uvicorn on 127.0.0.1:<free port>; yield its base URL; stop it after."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    if settings is not None:  # the server's own transport (sepconv.service.rest.transport): its limits are tested
+        from sepconv.service.rest.transport import uvicorn_config  # noqa: PLC0415
+
+        config = uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()

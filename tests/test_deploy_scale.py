@@ -194,6 +194,7 @@ def test_profile_trace_url_through_nginx(cluster):
     assert len(served_by) > 1, served_by
 
 
+@pytest.mark.reliability
 def test_killing_a_replica_mid_run_loses_no_request(cluster, reference):
     url, replicas, access_log = cluster
     victim = replicas[0]

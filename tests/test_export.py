@@ -32,11 +32,12 @@ def test_export_writes_triton_layout_with_metadata(tmp_path):
     assert result.path == tmp_path / "mobilenet_v2_0.35_96" / "1" / "model.onnx"
     assert not result.skipped
     assert sorted(p.name for p in (tmp_path / "mobilenet_v2_0.35_96").rglob("*")) == [
-        "1", "config.pbtxt", "model.onnx"]  # no temporary files left behind
+        "1", "config.pbtxt", "labels.txt", "model.onnx"]  # no temporary files left behind; ImageNet's labels
     cfg = (tmp_path / "mobilenet_v2_0.35_96" / "config.pbtxt").read_text()
     for line in ('name: "mobilenet_v2_0.35_96"', 'platform: "onnxruntime_onnx"', "max_batch_size: 4",
                  'name: "input"', "dims: [ 3, 96, 96 ]", 'name: "logits"', "dims: [ 1000 ]",
-                 "data_type: TYPE_FP32", "preferred_batch_size: [ 2, 4 ]", "max_queue_delay_microseconds: 100"):
+                 "data_type: TYPE_FP32", "preferred_batch_size: [ 2, 4 ]", "max_queue_delay_microseconds: 100",
+                 'label_filename: "labels.txt"'):
         assert line in cfg, line
     meta = _meta(result.path)
     assert meta["architecture"] == "mobilenet_v2" and meta["alpha"] == "0.35" and meta["resolution"] == "96"
@@ -114,7 +115,7 @@ def test_exported_name_is_valid_and_metadata_uses_the_layout_keys(tmp_path):
                MetaKey.PADDING, MetaKey.INPUT_NAME, MetaKey.OUTPUT_NAME, MetaKey.INPUT_LAYOUT, MetaKey.INPUT_SHAPE,
                MetaKey.PREPROCESSING, MetaKey.OUTPUT, MetaKey.WEIGHTS, MetaKey.BN_FOLDED, MetaKey.PARAMS,
                MetaKey.TRAINABLE_PARAMS, MetaKey.WEIGHT_PARAMS, MetaKey.DEPLOYED_PARAMS, MetaKey.MACS,
-               MetaKey.SUMMARY, MetaKey.EXPORT_KEY}
+               MetaKey.SUMMARY, MetaKey.EXPORT_KEY, MetaKey.PRECISION}
     assert set(meta) == written and written <= keys
 
 

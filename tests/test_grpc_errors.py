@@ -62,13 +62,13 @@ def tiny(shape: list[int], data: bytes | None = None, datatype: str = "FP32", na
     return raw("tiny", [(name, datatype, shape, f32(int(np.prod(shape))) if data is None else data)], **kw)
 
 
-def multi() -> pb.ModelInferRequest:
+def multi_with(**kw) -> pb.ModelInferRequest:
     return raw("multi_io", [("a", "FP32", [1, 4], f32(4)), ("b", "FP16", [1, 4], np.zeros(4, np.float16).tobytes()),
-                            ("idx", "INT64", [1, 2], np.zeros(2, np.int64).tobytes())])
+                            ("idx", "INT64", [1, 2], np.zeros(2, np.int64).tobytes())], **kw)
 
 
 def _missing_raw() -> pb.ModelInferRequest:
-    request = multi()
+    request = multi_with()
     del request.raw_input_contents[2]
     return request
 
@@ -108,8 +108,14 @@ INFER_CASES = [
      "max_batch_size"),
     ("empty batch", tiny([0, *CNN_SHAPE], b""), C.INVALID_ARGUMENT, "empty"),
     ("unknown output", tiny([1, *CNN_SHAPE], outputs=[("probs", {})]), C.INVALID_ARGUMENT, "unknown output"),
-    ("classification", tiny([1, *CNN_SHAPE], outputs=[("logits", {"classification": 3})]), C.INVALID_ARGUMENT,
-     "classification"),
+    ("classification not a count", tiny([1, *CNN_SHAPE], outputs=[("logits", {"classification": -3})]),
+     C.INVALID_ARGUMENT, "classification"),
+    ("classification as a string", tiny([1, *CNN_SHAPE], outputs=[("logits", {"classification": "3"})]),
+     C.INVALID_ARGUMENT, "classification"),
+    ("classification with shared memory", tiny([1, *CNN_SHAPE], outputs=[("logits", {
+        "classification": 3, "shared_memory_region": "r"})]), C.INVALID_ARGUMENT, "classification"),
+    ("classification of a BOOL output", multi_with(outputs=[("positive", {"classification": 2})]),
+     C.INVALID_ARGUMENT, "unsupported type"),
     ("output requested twice", tiny([1, *CNN_SHAPE], outputs=[("logits", {}), ("logits", {})]), C.INVALID_ARGUMENT,
      "twice"),
     ("raw size too small", tiny([1, *CNN_SHAPE], f32(N - 1)), C.INVALID_ARGUMENT, "needs"),  # REST: binary size
@@ -224,7 +230,7 @@ def test_failures_are_counted_in_stats(server, triton_grpc) -> None:
 def test_admin_token_guards_load_and_unload(model_repo) -> None:
     port = free_port()
     app = create_app(Settings(repo=model_repo, providers="cpu", admin_token="s3cret", access_log=False,
-                              grpc_port=port))
+                              model_control="explicit", grpc_port=port))
     with running_server(app):
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         with pytest.raises(InferenceServerException) as info:
@@ -243,12 +249,33 @@ def test_admin_token_guards_load_and_unload(model_repo) -> None:
         assert info.value.status() == "StatusCode.UNAVAILABLE" and "not ready" in info.value.message()
         client.load_model("tiny", headers={"authorization": "Bearer s3cret"})
         assert client.is_model_ready("tiny")
+        with pytest.raises(InferenceServerException) as info:  # a log change is an admin call too
+            client.update_log_settings({"log_info": True})
+        assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert client.get_log_settings()  # reading them is not
+        client.update_log_settings({"log_info": True}, headers={"authorization": "Bearer s3cret"})
+        client.close()
+
+
+def test_model_control_none_refuses_admin_calls(model_repo) -> None:
+    """The default model control ('none', as Triton's): load, unload and log changes are refused over gRPC too."""
+    port = free_port()
+    app = create_app(Settings(repo=model_repo, providers="cpu", access_log=False, grpc_port=port))
+    with running_server(app):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for call in (lambda: client.unload_model("tiny"), lambda: client.load_model("tiny"),
+                     lambda: client.update_log_settings({"log_verbose_level": 1})):
+            with pytest.raises(InferenceServerException) as info:
+                call()
+            assert info.value.status() == "StatusCode.PERMISSION_DENIED" and "model control" in info.value.message()
+        assert client.is_model_ready("tiny") and client.get_log_settings()
         client.close()
 
 
 def test_health_overall_and_per_model(fresh_repo) -> None:
     port = free_port()
-    app = create_app(Settings(repo=fresh_repo, providers="cpu", access_log=False, grpc_port=port))
+    app = create_app(Settings(repo=fresh_repo, providers="cpu", access_log=False, model_control="explicit",
+                              grpc_port=port))
     with running_server(app), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         check = lambda service: health.Check(health_pb2.HealthCheckRequest(service=service)).status  # noqa: E731

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from sepconv.service.app import create_app
@@ -113,6 +114,19 @@ def test_infer_every_datatype_of_multi_io(triton_grpc, server) -> None:
         np.testing.assert_array_equal(got, want)
     only = triton_grpc.infer("multi_io", inputs, outputs=[grpcclient.InferRequestedOutput("idx_plus")])
     assert [o.name for o in only.get_response().outputs] == ["idx_plus"]
+
+
+def test_classification_extension_matches_rest(triton_grpc, triton, server) -> None:
+    x = cnn_input(2, seed=11)
+    out = grpcclient.InferRequestedOutput("logits", class_count=3)
+    got = triton_grpc.infer("tiny", [infer_input("input", x, "FP32")], outputs=[out]).as_numpy("logits")
+    rest_in = httpclient.InferInput("input", list(x.shape), "FP32")
+    rest_in.set_data_from_numpy(x)
+    rest = triton.infer("tiny", [rest_in], outputs=[httpclient.InferRequestedOutput("logits", class_count=3)])
+    assert got.shape == (2, 3) and got.tolist() == rest.as_numpy("logits").tolist()
+    logits = reference(server, "tiny", "1", {"input": x})["logits"]
+    for row, strings in zip(logits, got, strict=True):
+        assert [int(s.decode().split(":")[1]) for s in strings] == list(np.argsort(-row)[:3])
 
 
 def test_infer_bytes_and_unbatched(triton_grpc, server) -> None:
@@ -243,7 +257,8 @@ def test_log_settings(triton_grpc) -> None:
 
 def test_repository_index_load_unload(fresh_repo) -> None:
     port = free_port()
-    app = create_app(Settings(repo=fresh_repo, providers="cpu", access_log=False, grpc_port=port))
+    app = create_app(Settings(repo=fresh_repo, providers="cpu", access_log=False, model_control="explicit",
+                              grpc_port=port))
     with running_server(app) as url:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
         index = client.get_model_repository_index(as_json=True)["models"]

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sepconv_serve_flags_env_access_log_and_sigterm(model_repo: Path) -> None:
     port = free_port()
     env = {**os.environ, "SEPCONV_ADMIN_TOKEN": "tok", "SEPCONV_PROVIDERS": "cpu"}
-    proc = subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--repo", str(model_repo), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--repo", str(model_repo), "--port", str(port),
+                             "--model-control", "explicit"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -36,7 +36,7 @@ class Decoded:
 @pytest.fixture()
 def dataplane(tmp_path: Path):
     build_cnn(tmp_path / "dp_tiny" / "1" / "model.onnx", seed=5)
-    settings = Settings(repo=tmp_path, providers="cpu", admin_token="t0ken")
+    settings = Settings(repo=tmp_path, providers="cpu", admin_token="t0ken", model_control="explicit")
     executor = make_executor(settings)
     registry = ModelRegistry(settings, hooks=[ServingHook(executor, settings)])
     registry.load_all()

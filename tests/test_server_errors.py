@@ -81,9 +81,12 @@ CASES = [
     ("empty batch", "POST", "/v2/models/tiny/infer", _json_infer([0, 8, 8, 3], []), {}, 400, "empty"),
     ("unknown output", "POST", "/v2/models/tiny/infer",
      _json_infer([1, 8, 8, 3], [0.0] * N, outputs=[{"name": "probs"}]), {}, 400, "unknown output"),
-    ("classification", "POST", "/v2/models/tiny/infer",
-     _json_infer([1, 8, 8, 3], [0.0] * N, outputs=[{"name": "logits", "parameters": {"classification": 3}}]), {},
+    ("classification not a count", "POST", "/v2/models/tiny/infer",
+     _json_infer([1, 8, 8, 3], [0.0] * N, outputs=[{"name": "logits", "parameters": {"classification": -3}}]), {},
      400, "classification"),
+    ("classification with shared memory", "POST", "/v2/models/tiny/infer",
+     _json_infer([1, 8, 8, 3], [0.0] * N, outputs=[{"name": "logits", "parameters": {
+         "classification": 3, "shared_memory_region": "r"}}]), {}, 400, "classification"),
     ("binary size too small", "POST", "/v2/models/tiny/infer", *_binary(_bin_input(N * 4 - 4), b"\0" * (N * 4 - 4)),
      400, "needs"),
     ("binary size past body", "POST", "/v2/models/tiny/infer", *_binary(_bin_input(N * 4), b"\0" * 10), 400,
@@ -193,7 +196,7 @@ def test_client_that_disconnects_mid_body(server) -> None:
 
 
 def test_memory_budget_for_bodies_in_flight(model_repo) -> None:
-    """Bodies being handled at once are capped: past the budget, 503 + Retry-After; a lone request passes."""
+    """Body bytes held at once are capped: past the budget, 503 + Retry-After; a lone request passes."""
     body = _json_infer([1, *CNN_SHAPE], GOOD_X.reshape(-1).tolist())
     app = create_app(Settings(repo=model_repo, providers="cpu", access_log=False,
                               max_inflight_bytes=len(body) + 10, max_request_bytes=4 * len(body)))
@@ -202,9 +205,9 @@ def test_memory_budget_for_bodies_in_flight(model_repo) -> None:
         big = httpx.post(url + "/v2/models/tiny/infer", content=body + b" " * (2 * len(body)))
         assert big.status_code == 200, big.text  # over the budget, but alone: it passes
         with socket.create_connection((host, int(port)), timeout=10) as slow:
-            # one request whose body is still on its way holds its share of the budget...
+            # one request whose body is still on its way holds the bytes it sent...
             slow.sendall(f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
-                         .encode() + body[:10])
+                         .encode() + body[:-10])
             deadline = time.monotonic() + 30
             while True:  # (until the server has taken it in)
                 r = httpx.post(url + "/v2/models/tiny/infer", content=body)
@@ -214,7 +217,7 @@ def test_memory_budget_for_bodies_in_flight(model_repo) -> None:
             assert r.status_code == 503 and "busy" in r.json()["error"]  # ...so a second one must wait
             assert r.headers["retry-after"] == "1"
             assert httpx.get(url + "/v2/health/ready").status_code == 200  # bodiless requests are not held up
-            slow.sendall(body[10:])
+            slow.sendall(body[-10:])
             assert slow.recv(4096).startswith(b"HTTP/1.1 200")
         r = httpx.post(url + "/v2/models/tiny/infer", content=body)
         assert r.status_code == 200, r.text
@@ -237,7 +240,8 @@ def test_failures_are_counted_in_stats(server) -> None:
 
 
 def test_admin_token_guards_load_and_unload(model_repo) -> None:
-    app = create_app(Settings(repo=model_repo, providers="cpu", admin_token="s3cret", access_log=False))
+    app = create_app(Settings(repo=model_repo, providers="cpu", admin_token="s3cret", access_log=False,
+                              model_control="explicit"))
     with running_server(app) as url:
         hostport = url.removeprefix("http://")
         r = httpx.post(url + "/v2/repository/models/tiny/unload")

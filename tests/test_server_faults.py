@@ -28,6 +28,7 @@ CUDA_WORKS = "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def _serve(repo: Path, **overrides):
+    overrides.setdefault("model_control", "explicit")  # these tests load and unload (loopback: no token needed)
     settings = Settings(repo=repo, providers=overrides.pop("providers", "cpu"), access_log=False, **overrides)
     return running_server(create_app(settings))
 
@@ -80,7 +81,8 @@ def test_broken_models_beside_good_ones(fresh_repo: Path) -> None:
         assert _infer_ok(client).shape == (1, 5)
         page = httpx.get(url + "/")
         assert page.status_code == 200
-    strict = Settings(repo=fresh_repo, providers="cpu", access_log=False, strict_readiness=True)
+    strict = Settings(repo=fresh_repo, providers="cpu", access_log=False, strict_readiness=True,
+                      model_control="explicit")
     with running_server(create_app(strict)) as url:
         assert httpx.get(url + "/v2/health/ready").status_code == 503  # Triton's strict readiness
 
@@ -282,7 +284,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(tmp_path: Path) -> Non
 
     _slow_model(tmp_path / "slow" / "1" / "model.onnx")
     (tmp_path / "slow" / "config.pbtxt").write_text("max_batch_size: 0")
-    app = create_app(Settings(repo=tmp_path, providers="cpu", access_log=False))
+    app = create_app(Settings(repo=tmp_path, providers="cpu", access_log=False, model_control="explicit"))
     x = np.random.default_rng(0).standard_normal((3, 512, 512)).astype(np.float32)
     results: list[httpx.Response] = []
 

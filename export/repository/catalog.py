@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from sepconv.export.errors import ExportError
 from sepconv.export.graph import DEFAULT_OPSET
+from sepconv.export.labels import default_labels, read_labels_file
 from sepconv.export.repository.layout import (
     DEFAULT_MAX_BATCH,
     DEFAULT_REPO,
     DEFAULT_VERSION,
+    LABELS_FILE,
     DynamicBatching,
     MetaKey,
     check_max_batch,
@@ -30,6 +32,7 @@ from sepconv.export.repository.writer import (
     export_key,
     is_up_to_date,
     read_metadata,
+    set_metadata,
     write_model,
 )
 
@@ -61,6 +64,10 @@ class ExportRequest:
     version: int = DEFAULT_VERSION
     max_batch_size: int = DEFAULT_MAX_BATCH
     dynamic_batching: dict[str, Any] | None = field(default=None)
+    precision: str = "fp32"  # fp32 | fp16 | int8 (export/precision/)
+    calibration: Path | None = None  # .npy of inputs or a folder of images (int8 calibration, drift inputs)
+    calibration_method: str = "minmax"  # minmax | entropy | percentile
+    labels: Path | None = None  # one class name a line; default: ImageNet's for 1000 (1001) classes
 
     def resolved(self, weights: Any = None) -> ExportRequest:
         """Concrete alpha/classes/padding: given ones first, then the weight source's, then the defaults."""
@@ -84,10 +91,33 @@ class ExportRequest:
 
     def key(self) -> str:
         d = asdict(self)
-        if self.weights is not None:
-            st = Path(self.weights).stat()
-            d["weights"] = f"{Path(self.weights).resolve()}@{st.st_mtime_ns}:{st.st_size}"
+        for attr in ("weights", "calibration", "labels"):
+            path = getattr(self, attr)
+            if path is not None:
+                d[attr] = _stamp(Path(path))
         return export_key(d)
+
+    def class_labels(self) -> list[str] | None:
+        """The labels to write: the ``labels`` file's (checked against ``classes``), or ImageNet's for a
+        1000/1001-class classifier, or none."""
+        if self.labels is None:
+            return default_labels(int(self.classes or 1000), self.include_top)
+        if not self.include_top:
+            raise ExportError("--labels needs a classifier: a model exported with --no-top has no classes to label")
+        return read_labels_file(self.labels, int(self.classes or 1000))
+
+
+def _stamp(path: Path) -> str:
+    """A file's (or an image folder's) identity for the export key: path, mtime and size (of each file)."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    parts = []
+    for p in files:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        parts.append(f"{p.name}@{st.st_mtime_ns}:{st.st_size}")
+    return f"{path.resolve()}|" + ",".join(parts)
 
 
 @dataclass
@@ -98,6 +128,8 @@ class ExportResult:
     macs: int | None = None
     params: int | None = None
     import_report: str | None = None  # with --weights: layers matched, params loaded, unused tensors
+    drift: dict[str, Any] | None = None  # fp16 / int8: the drift report against FP32 (export/precision/drift.py)
+    warnings: list[str] = field(default_factory=list)
     note: str | None = None  # why an existing model was kept
 
 
@@ -136,7 +168,14 @@ def load_weight_source(path: Path, request: ExportRequest) -> ImportedWeights:
 def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = False) -> ExportResult:
     """Build and write one model (unless an identical export is already there and not ``force``)."""
     from sepconv.export.networks import NetworkConfig, build_network  # noqa: PLC0415
+    from sepconv.export.precision import check_method, check_precision  # noqa: PLC0415
+    from sepconv.export.precision.variant import make_variant  # noqa: PLC0415
 
+    check_precision(request.precision)
+    check_method(request.calibration_method)
+    if request.calibration is not None and not Path(request.calibration).exists():
+        raise ExportError(f"calibration path {str(request.calibration)!r} does not exist "
+                          "(give a .npy of inputs or a folder of images)")
     if request.name is not None:
         check_name(request.name)  # a name the server would skip is refused before anything is read or built
     check_version(request.version)
@@ -146,6 +185,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     source = load_weight_source(request.weights, request) if request.weights is not None else None
     request = request.resolved(source)
     NetworkConfig(request.arch, **request.network_kwargs()).validate()
+    labels = request.class_labels()
     name = check_name(request.model_name)
     key = request.key()
     if not force and is_up_to_date(repo, name, request.version, key):
@@ -153,7 +193,7 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
         import onnx  # noqa: PLC0415
 
         existing = onnx.load(str(model_path(repo, name, request.version)), load_external_data=False)
-        text = config_pbtxt(name, existing, request.max_batch_size, batching)
+        text = config_pbtxt(name, existing, request.max_batch_size, batching, LABELS_FILE if labels else None)
         if config_path(repo, name).read_text() == text:
             return ExportResult(name, model_path(repo, name, request.version), skipped=True)
     kept = None if force or request.weights is not None else imported_weights_file(repo, name, request.version)
@@ -167,11 +207,14 @@ def export(request: ExportRequest, repo: Path = DEFAULT_REPO, *, force: bool = F
     if source is not None:
         report = source.finish().text()  # the importer refuses a file with tensors the network never used
         extra.update({str(k): str(v) for k, v in source.metadata().items()})
-    path = write_model(net.model, repo, name, version=request.version, max_batch=request.max_batch_size,
-                       dynamic_batching=batching, metadata=extra)
+    set_metadata(net.model, extra)  # the variant reads the weights' origin (its preprocessing) off the model
+    variant = make_variant(net.model, request.precision, request.calibration, request.calibration_method)
+    extra.update(variant.metadata)
+    path = write_model(variant.model, repo, name, version=request.version, max_batch=request.max_batch_size,
+                       dynamic_batching=batching, metadata=extra, labels=labels)
     totals = net.summary()
     return ExportResult(name, path, skipped=False, macs=totals["macs"], params=totals["total_params"],
-                        import_report=report)
+                        import_report=report, drift=variant.report, warnings=variant.warnings)
 
 
 _FIELDS = {f.name for f in fields(ExportRequest)}
@@ -206,8 +249,9 @@ def load_catalog(path: Path = DEFAULT_CATALOG) -> tuple[Path, list[ExportRequest
                               f"known: {', '.join(sorted(_FIELDS))}")
         if "arch" not in merged:
             raise ExportError(f"catalog {path}, model #{i}: 'arch' is required")
-        if merged.get("weights"):
-            merged["weights"] = Path(merged["weights"])
+        for attr in ("weights", "calibration", "labels"):
+            if merged.get(attr):
+                merged[attr] = Path(merged[attr])
         try:
             requests.append(ExportRequest(**merged))
         except TypeError as exc:

@@ -70,10 +70,14 @@ class MetaKey:
     WEIGHT_PARAMS = "weight_params"
     DEPLOYED_PARAMS = "deployed_params"
     MACS = "macs"
+    # precision variants (export/precision/): fp32 | fp16 | int8, what INT8 was calibrated on, the drift vs FP32
+    PRECISION = "precision"
+    CALIBRATION = "calibration"
     INTERNAL_PREFIX = "sepconv."
     SUMMARY = "sepconv.summary"
     EXPORT_KEY = "sepconv.export_key"
     CONV_OP = "sepconv.conv_op"
+    DRIFT = "sepconv.drift"  # the drift report (JSON) of a fp16 / int8 variant against its FP32 model
 
 
 def is_internal_key(key: str) -> bool:

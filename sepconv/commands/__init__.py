@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from sepconv.commands import export, profile, serve, summary
+from sepconv.commands import classify, export, profile, serve, summary
 
-COMMANDS = (summary, export, serve, profile)
+COMMANDS = (summary, export, serve, profile, classify)

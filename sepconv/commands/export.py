@@ -33,11 +33,22 @@ def export(
     allow_unused: Annotated[bool, typer.Option(
         "--allow-unused", help="accept a weights file holding tensors the network does not use "
                                "(e.g. a classifier with --no-top)")] = False,
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="class names, one a line, one line per class (written as labels.txt) "
+                         "[default: ImageNet's for 1000 or 1001 classes]")] = None,
     name: Annotated[str | None, typer.Option("--name", help="model name (default ARCH_ALPHA_RESOLUTION)")] = None,
     version: Annotated[int, typer.Option("--version", help="model version folder")] = DEFAULT_VERSION,
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = DEFAULT_MAX_BATCH,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,  # graph.DEFAULT_OPSET (which imports onnx)
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32 | fp16 (FP32 inputs/outputs kept) | int8 (static QDQ, per-channel weights)",
+    )] = "fp32",
+    calibration: Annotated[Path | None, typer.Option(
+        "--calibration", help="int8 calibration (and drift-report) inputs: a .npy [N, ...] in the model's input "
+                              "layout, or a folder of images (preprocessed the model's way)")] = None,
+    calibration_method: Annotated[str, typer.Option(
+        "--calibration-method", help="int8 ranges: minmax | entropy | percentile")] = "minmax",
     catalog: Annotated[bool, typer.Option(
         "--catalog", help="export every model a catalog lists (file: the positional argument)")] = False,
     force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,
@@ -55,8 +66,9 @@ def export(
         request = ExportRequest(
             arch=arch, alpha=alpha, resolution=resolution, classes=classes, include_top=not no_top,
             padding=padding.lower() if padding else None, input_layout=input_layout.upper(), seed=seed,
-            fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, name=name, version=version,
-            max_batch_size=max_batch, opset=opset)
+            fold_bn=not keep_bn, weights=weights, allow_unused=allow_unused, labels=labels, name=name,
+            version=version, max_batch_size=max_batch, opset=opset, precision=precision.lower(),
+            calibration=calibration, calibration_method=calibration_method.lower())
         result = export_one(request, repo or DEFAULT_REPO, force=True)
     except ExportError as exc:
         raise fail(str(exc)) from None
@@ -64,7 +76,18 @@ def export(
         raise fail(f"export failed unexpectedly: {type(exc).__name__}: {exc}", 1) from None
     if result.import_report:
         typer.echo(f"imported {result.import_report}", err=True)
+    _report_precision(result)
     typer.echo(str(result.path))
+
+
+def _report_precision(result) -> None:  # noqa: ANN001 - an ExportResult (imported lazily)
+    """The warnings and the drift report of a fp16 / int8 export, on stderr."""
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if result.drift is not None:
+        from sepconv.export.precision.drift import render  # noqa: PLC0415
+
+        render(result.drift)
 
 
 def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
@@ -98,6 +121,7 @@ def _export_catalog(path: Path, repo: Path | None, force: bool) -> None:
             progress.advance(task)
         progress.update(task, description="exported")
     for r in results:
+        _report_precision(r)
         note = r.note or ("up to date" if r.skipped else f"{r.params:,} params, {r.macs / 1e6:,.1f} M MACs")
         console.print(f"{r.name}: {note}" + (f"; imported {r.import_report}" if r.import_report else ""))
         typer.echo(str(r.path))

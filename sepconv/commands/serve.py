@@ -32,34 +32,31 @@ def serve(
         "--grpc-port", help="gRPC port (default 8001; 0 = no gRPC) [env SEPCONV_GRPC_PORT]")] = None,
     providers: Annotated[str | None, typer.Option(
         "--providers", help="auto | cpu | cuda | comma-separated ORT providers [env SEPCONV_PROVIDERS]")] = None,
+    model_control: Annotated[str | None, typer.Option(
+        "--model-control", help="none (default: load/unload and log changes refused) | explicit (they need "
+                                "SEPCONV_ADMIN_TOKEN unless on loopback) [env SEPCONV_MODEL_CONTROL]")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
 ) -> None:
     """Serve the models of a repository over the KServe V2 protocol (and /v1 conv + profiling routes)."""
     import uvicorn  # noqa: PLC0415
 
     from sepconv.service.app import create_app  # noqa: PLC0415
-    from sepconv.service.settings import Settings  # noqa: PLC0415
+    from sepconv.service.rest.transport import uvicorn_config  # noqa: PLC0415
+    from sepconv.service.settings import Settings, admin_problem  # noqa: PLC0415
 
     overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "grpc_port": grpc_port,
-                                   "providers": providers}.items() if v is not None}
+                                   "providers": providers, "model_control": model_control}.items() if v is not None}
     settings = Settings(**overrides)
+    problem = admin_problem(settings)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     _configure_logging(log_level)
     if not Path(settings.repo).is_dir():
         typer.echo(f"warning: model repository {settings.repo} does not exist (serving no models); "
                    "run `sepconv export --catalog` first", err=True)
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        access_log=False,  # our structured access log replaces uvicorn's
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-        server_header=False,
-    )
+    uvicorn.Server(uvicorn_config(app, settings, log_level=log_level.lower())).run()
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,8 @@ response bytes.
    :func:`~sepconv.service.conv.request.check_work` on its accounting (413) — no session is built before it passes;
 3. the tensors decoded (:mod:`sepconv.service.conv.codec`), the session taken from the cache or compiled
    (:func:`sepconv.service.runtime.make_session`), one ``session.run``;
+   At most :data:`WORK_SLOTS` outputs of the largest size are computed at once (the elements of the calls
+   running are counted); past that, 503 with ``Retry-After`` (a lone call always runs);
 4. the response: ``output`` in the input's encoding, ``shape``, ``params``, ``macs``, ``standard_conv_macs``,
    ``cost_ratio``, ``provider``, ``elapsed_ms`` (DESIGN.md), plus ``op``, ``batch_macs`` and ``cached``.
    ``macs`` and ``standard_conv_macs`` are per image (``batch_macs`` for the whole batch).
@@ -16,6 +18,7 @@ response bytes.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -27,9 +30,11 @@ from sepconv.export.single_op import ConvGraph, ConvKey
 from sepconv.service.conv import codec
 from sepconv.service.conv.cache import CompiledConv, ConvCache
 from sepconv.service.conv.request import ConvCall, check_work, read
-from sepconv.service.errors import Unprocessable
+from sepconv.service.errors import Overloaded, Unprocessable
 from sepconv.service.runtime.sessions import make_session
 from sepconv.service.settings import Settings
+
+WORK_SLOTS = 4  # largest outputs (conv_max_output_elements) computed at once
 
 
 class ConvEngine:
@@ -38,13 +43,26 @@ class ConvEngine:
     def __init__(self, settings: Settings, cache: ConvCache | None = None) -> None:
         self.settings = settings
         self.cache = cache if cache is not None else ConvCache(settings.conv_cache_size)
+        self.work_budget = WORK_SLOTS * settings.conv_max_output_elements
+        self.work_in_flight = 0
+        self._work_lock = threading.Lock()
 
     def handle(self, op: str, body: bytes) -> bytes:
         """The JSON response for ``body`` (the request's bytes) sent to ``/v1/conv/{op}``."""
         call = read(op, body, self.settings)
         graph = self._graph_for(call.key)
         check_work(graph, call, self.settings)
-        return orjson.dumps(self.run(call, graph))
+        cost = graph.max_activation_elements * call.batch
+        with self._work_lock:
+            if self.work_in_flight and self.work_in_flight + cost > self.work_budget:
+                raise Overloaded(f"/v1/conv is computing {self.work_in_flight} output elements already "
+                                 f"(at most {self.work_budget} at once); retry shortly")
+            self.work_in_flight += cost
+        try:
+            return orjson.dumps(self.run(call, graph))
+        finally:
+            with self._work_lock:
+                self.work_in_flight -= cost
 
     def run(self, call: ConvCall, graph: ConvGraph) -> dict[str, Any]:
         """Decode, run ``graph``'s session (compiled on a cache miss) and build the response object."""

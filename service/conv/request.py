@@ -8,7 +8,9 @@ limit that can be decided before a tensor is decoded or a graph is built, in one
    (413) — the body's byte size was already capped by the middleware (``max_request_bytes``);
 3. JSON (:func:`sepconv.service.conv.codec.loads`, NaN/Infinity tokens accepted), fields and shapes
    (TF-style messages; 400/422);
-4. tensor sizes from the *declared* shapes against ``conv_max_elements`` (413);
+4. tensor sizes from the *declared* shapes against ``conv_max_elements``, each filter against
+   ``conv_max_filter_elements`` and the output the geometry gives (explicit padding included: 10 elements of
+   input padded by 2000 make 16 M) against ``conv_max_output_elements`` (413);
 5. the providers resolved, so that the :class:`~sepconv.export.single_op.ConvKey` names the session to use.
 
 :func:`check_work` is the one check that needs the graph's accounting (built or cached by the engine): largest
@@ -90,6 +92,21 @@ def _check_tensor_sizes(tensors: dict[str, TensorRef], settings: Settings) -> No
         if ref.size > settings.conv_max_elements:
             raise TooLarge(f"{ref.field} has {ref.size} elements (shape {list(ref.shape)}); this server "
                            f"accepts at most {settings.conv_max_elements} per tensor (SEPCONV_CONV_MAX_ELEMENTS)")
+
+
+def check_filter_size(field: str, elements: int, shape: list[int], settings: Settings) -> None:
+    """413 for a filter over ``conv_max_filter_elements`` (shared with the conv profile)."""
+    if elements > settings.conv_max_filter_elements:
+        raise TooLarge(f"{field} has {elements} elements (shape {shape}); this server accepts at most "
+                       f"{settings.conv_max_filter_elements} per filter (SEPCONV_CONV_MAX_FILTER_ELEMENTS)")
+
+
+def check_output_size(op: str, elements: int, shape: list[int], settings: Settings) -> None:
+    """413 for an output (from declared shapes and the geometry) over ``conv_max_output_elements``."""
+    if elements > settings.conv_max_output_elements:
+        raise TooLarge(f"the {op} output would have {elements} elements (shape {shape}, NHWC); this server returns "
+                       f"at most {settings.conv_max_output_elements} (SEPCONV_CONV_MAX_OUTPUT_ELEMENTS): use less "
+                       "padding or a smaller input")
 
 
 def check_work(graph: ConvGraph, call: ConvCall, settings: Settings) -> None:
@@ -209,7 +226,7 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
                                 f"got {list(bias.shape)}")
     try:
         geometry = geometry.resolved((h, w), (kh, kw))
-        geometry.resolve((h, w), (kh, kw))  # refuses a kernel larger than the padded input
+        _, (ho, wo) = geometry.resolve((h, w), (kh, kw))  # refuses a kernel larger than the padded input
     except ExportError as exc:
         raise Unprocessable(str(exc)) from None
 
@@ -217,6 +234,9 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
     if bias is not None:
         tensors["bias"] = bias
     _check_tensor_sizes(tensors, settings)
+    for f in filters:
+        check_filter_size(f.field, f.size, list(f.shape), settings)
+    check_output_size(op, n * ho * wo * out_channels, [n, ho, wo, out_channels], settings)
     key = _key(op, (c, h, w), tuple(f.shape for f in filters), geometry, activation, bias is not None,
                tuple(resolve_providers(provider, settings)))
     return ConvCall(key=key, batch=n, tensors=tensors, output_encoding=x.encoding, provider=provider)

@@ -8,11 +8,15 @@ the typed ones of :mod:`sepconv.service.errors`.
   :meth:`~DataPlane.model_metadata`, :meth:`~DataPlane.model_ready`, :meth:`~DataPlane.model_config`,
   :meth:`~DataPlane.statistics`;
 * :meth:`~DataPlane.infer` — one request: model lookup, decode (the transport's), input checks
-  (:mod:`.inputs`), the model's scheduler (which calls ``session.run``), encode (the transport's). Its time,
+  (:mod:`.inputs`), the model's scheduler (which calls ``session.run``), Triton's classification extension on the
+  outputs that ask for it (:mod:`.classification`), encode (the transport's). Its time,
   Triton's statistics and the Prometheus series are recorded once, in :meth:`~DataPlane._accounting`
   (failures labelled by the error's type name);
 * the repository extension: :meth:`~DataPlane.repository_index`, :meth:`~DataPlane.load`,
-  :meth:`~DataPlane.unload`, guarded by :meth:`~DataPlane.authorize` (the admin token, when one is set);
+  :meth:`~DataPlane.unload`; these and log-setting changes are guarded by :meth:`~DataPlane.authorize` (model
+  control as Triton's ``--model-control-mode``: ``none`` refuses them, ``explicit`` wants the admin token when
+  one is set; cross-origin browser requests are refused either way). Config overrides are bounded
+  (:meth:`~DataPlane._check_override`);
 * Triton's logging extension (:meth:`~DataPlane.log_settings`, :meth:`~DataPlane.set_log_settings`) and the
   answers for the extensions this server does not offer (trace, shared memory), so that unmodified clients work.
 """
@@ -32,8 +36,9 @@ import orjson
 
 from sepconv import __version__
 from sepconv.export.repository.layout import is_internal_key
+from sepconv.service.dataplane.classification import classify
 from sepconv.service.dataplane.inputs import feed_for, wanted_outputs
-from sepconv.service.dataplane.types import InferCall, InferResponse, OutputTensor
+from sepconv.service.dataplane.types import InferCall, InferRequest, InferResponse, OutputTensor
 from sepconv.service.errors import (
     InvalidInput,
     ModelNotReady,
@@ -52,8 +57,8 @@ from sepconv.service.settings import Settings
 
 R = TypeVar("R")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "model_repository(unload_dependents)",
-              "statistics", "logging"]
+EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository",
+              "model_repository(unload_dependents)", "statistics", "logging"]
 
 _LOG_KEYS = frozenset({"log_file", "log_info", "log_warning", "log_error", "log_verbose_level", "log_format"})
 
@@ -77,6 +82,15 @@ class _Timing:
     def __init__(self) -> None:
         self.job: Job | None = None
         self.encode_ns = 0
+
+
+def _classified(model: LoadedModel, request: InferRequest, outputs: list[OutputTensor]) -> list[OutputTensor]:
+    """The outputs requested with ``classification: K`` replaced by their top-K strings (always BYTES)."""
+    counts = {o.name: o.classification for o in request.outputs or () if o.classification}
+    batched = model.max_batch_size > 0
+    return [OutputTensor(o.name, "BYTES", classify(o.array, o.datatype, counts[o.name], model.labels.get(o.name),
+                                                   batched), o.binary)
+            if o.name in counts else o for o in outputs]
 
 
 class DataPlane:
@@ -148,9 +162,11 @@ class DataPlane:
         ``call.encode(response)``. ``alone`` = the transport handles no other request now (the scheduler may
         then run it inline, see :mod:`sepconv.service.runtime.scheduler`)."""
         start = time.perf_counter_ns()
-        model = self.registry.get(name, version)
+        model = self.registry.get(name, version)  # an unknown model is refused before its body is read
         with self._accounting(model, start) as timing:
             request = await call.decode()
+            # the body may have taken a while to arrive: a reload meanwhile retired ``model``, so ask again
+            model = self.registry.get(name, version)
             feed, batch = feed_for(model, request)
             wanted = wanted_outputs(model, request)
             if model.scheduler is None:
@@ -159,8 +175,10 @@ class DataPlane:
             timing.job = job
             timing.encode_ns = time.perf_counter_ns()
             result = job.result or {}
-            return call.encode(InferResponse(model.name, model.version, request.id, [
-                OutputTensor(spec.name, spec.datatype, result[spec.name], binary) for spec, binary in wanted]))
+            outputs = [OutputTensor(spec.name, spec.datatype, result[spec.name], binary) for spec, binary in wanted]
+            if request.outputs and any(o.classification for o in request.outputs):
+                outputs = _classified(model, request, outputs)
+            return call.encode(InferResponse(model.name, model.version, request.id, outputs))
 
     @contextmanager
     def _accounting(self, model: LoadedModel, start: int) -> Iterator[_Timing]:
@@ -186,9 +204,19 @@ class DataPlane:
         metrics.queue.observe(job.queue_ns / 1e9)
 
     # -- repository ----------------------------------------------------------------------------------
-    def authorize(self, token: str | None) -> None:
-        """The admin check for repository load/unload: nothing to do without ``settings.admin_token``;
-        else ``token`` (the bearer token the client sent, ``None`` when it sent none) must match it."""
+    def authorize(self, token: str | None, *, cross_origin: bool = False) -> None:
+        """The admin check for state-changing calls (repository load/unload, log settings): refused from a
+        cross-origin browser request (``cross_origin``, the transport's judgement) and with model control
+        ``none``; with ``explicit``, ``token`` (the bearer token the client sent, ``None`` when it sent none)
+        must match ``settings.admin_token`` when one is set (without one the server listens on loopback only:
+        :func:`~sepconv.service.settings.admin_problem`)."""
+        if cross_origin:
+            raise PermissionDenied("cross-origin requests may not change this server's models or settings "
+                                   "(the request's Origin is not this server)")
+        if self.settings.model_control != "explicit":
+            raise PermissionDenied("model control is 'none': repository load/unload and log changes are off; "
+                                   "start the server with --model-control explicit (SEPCONV_MODEL_CONTROL) "
+                                   "and SEPCONV_ADMIN_TOKEN to allow them")
         expected = self.settings.admin_token
         if not expected:
             return
@@ -219,7 +247,24 @@ class DataPlane:
                 override = config_from_json(obj, name)
             except (orjson.JSONDecodeError, ConfigError) as exc:
                 raise InvalidInput(f"invalid 'config' parameter: {exc}") from exc
+            self._check_override(override)
         await asyncio.to_thread(self.registry.load, name, override)
+
+    def _check_override(self, config: Any) -> None:
+        """A load request's config override may not set what would stall or exhaust the server."""
+        s = self.settings
+        batching = config.dynamic_batching
+        delay = batching.max_queue_delay_microseconds if batching is not None else 0
+        if delay > s.max_override_queue_delay_us:
+            raise InvalidInput(f"invalid 'config' parameter: max_queue_delay_microseconds {delay} is over "
+                               f"{s.max_override_queue_delay_us} (SEPCONV_MAX_OVERRIDE_QUEUE_DELAY_US)")
+        count = sum(g.count for g in config.instance_groups)
+        if count > s.max_override_instances:
+            raise InvalidInput(f"invalid 'config' parameter: {count} instances is over "
+                               f"{s.max_override_instances} (SEPCONV_MAX_OVERRIDE_INSTANCES)")
+        if (config.max_batch_size or 0) > s.max_override_batch_size:
+            raise InvalidInput(f"invalid 'config' parameter: max_batch_size {config.max_batch_size} is over "
+                               f"{s.max_override_batch_size} (SEPCONV_MAX_OVERRIDE_BATCH_SIZE)")
 
     async def unload(self, name: str) -> None:
         check_name(name)

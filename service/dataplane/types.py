@@ -28,6 +28,7 @@ class InputTensor:
 class RequestedOutput:
     name: str
     binary: bool  # REST's binary tensor extension (``binary_data``); other transports ignore it
+    classification: int = 0  # Triton's classification extension: the top-K as BYTES strings (0 = the tensor)
 
 
 @dataclass

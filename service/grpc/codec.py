@@ -7,8 +7,9 @@ Decoding (:func:`decode_request`) follows Triton's gRPC frontend:
   extension) — or in each input's typed ``contents`` (``bool_contents``, ``int_contents`` for INT8/16/32,
   ``int64_contents``, ``uint_contents`` for UINT8/16/32, ``uint64_contents``, ``fp32_contents``,
   ``fp64_contents``, ``bytes_contents``), never both; FP16 (which has no typed field) only raw, as in Triton;
-* requested outputs by name (their ``binary_data`` parameter means nothing over gRPC); the classification
-  extension and shared-memory regions are refused as Triton refuses an argument it cannot use
+* requested outputs by name (their ``binary_data`` parameter means nothing over gRPC), with Triton's
+  classification extension (``classification``: K, an integer parameter; the data plane answers the top-K
+  strings); shared-memory regions are refused as Triton refuses a region it does not have
   (``InvalidInput`` -> ``INVALID_ARGUMENT``);
 * request parameters become a plain dict.
 
@@ -107,6 +108,18 @@ def _typed(tensor: Any, datatype: str, shape: list[int], name: str) -> np.ndarra
     return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
 
 
+def _classification(param: Any, name: str) -> int:
+    """Triton's classification extension: ``classification`` = K, an integer parameter (the data plane answers
+    the top-K strings as a BYTES tensor, :mod:`sepconv.service.dataplane.classification`)."""
+    which = param.WhichOneof("parameter_choice")
+    value = getattr(param, which) if which in ("int64_param", "uint64_param") else None
+    if value is None or not 0 <= value < 2**32:
+        shown = getattr(param, which) if which else None
+        raise InvalidInput(f"output {name!r}: 'classification' must be a non-negative integer (the number of "
+                           f"classes to return), got {shown!r}")
+    return int(value)
+
+
 def decode_request(request: Any) -> InferRequest:
     """A ``ModelInferRequest`` as the data plane's :class:`InferRequest` (see the module docstring)."""
     tensors = request.inputs
@@ -146,13 +159,18 @@ def decode_request(request: Any) -> InferRequest:
         for out in request.outputs:
             if not out.name:
                 raise InvalidInput("each requested output needs a 'name'")
+            classes = 0
             if out.parameters:
-                if "classification" in out.parameters:
-                    raise InvalidInput(f"output {out.name!r}: the classification extension is not supported")
-                if any(k.startswith("shared_memory") for k in out.parameters):
+                params = out.parameters
+                if any(k.startswith("shared_memory") for k in params):
+                    if "classification" in params:
+                        raise InvalidInput(f"output {out.name!r}: can't set both 'shared_memory_region' and "
+                                           "'classification'")
                     raise InvalidInput(f"output {out.name!r}: no shared-memory region is registered (shared "
                                        "memory is not supported by this server)")
-            outputs.append(RequestedOutput(name=out.name, binary=True))
+                if "classification" in params:
+                    classes = _classification(params["classification"], out.name)
+            outputs.append(RequestedOutput(name=out.name, binary=True, classification=classes))
         if len({o.name for o in outputs}) != len(outputs):
             raise InvalidInput("an output is requested twice")
     params = parameters_dict(request.parameters) if request.parameters else {}

@@ -8,8 +8,9 @@ call plus the protobuf conversion, as each REST route is (:mod:`sepconv.service.
 * ModelStreamInfer: requests read as they come and run concurrently (they batch too); responses are written in
   the order of the requests; a failed request becomes that response's ``error_message`` and the stream goes on;
 * ModelConfig, ModelStatistics (the REST JSON objects are the protobufs' JSON mapping: ``json_format`` converts),
-  RepositoryIndex / RepositoryModelLoad / RepositoryModelUnload (admin check: ``DataPlane.authorize`` with the
-  ``authorization: Bearer <token>`` metadata), LogSettings;
+  RepositoryIndex / RepositoryModelLoad / RepositoryModelUnload and LogSettings changes (the admin rules of REST:
+  ``DataPlane.authorize`` — model control ``explicit``, and the ``authorization: Bearer <token>`` metadata when
+  an admin token is set; no browser speaks gRPC, so there is no cross-origin check);
 * shared memory and trace settings answer ``UNIMPLEMENTED`` with a message (DESIGN.md).
 
 Typed errors become gRPC status codes in :mod:`sepconv.service.grpc.errors` (the :func:`~.errors.rpc` decorator).
@@ -215,6 +216,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc
     async def LogSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         changes = codec.parameters_dict(request.settings)
+        if changes:  # a change: the admin rules of repository load/unload (REST: POST /v2/logging)
+            self.dataplane.authorize(bearer_token(context))
         settings = self.dataplane.set_log_settings(changes) if changes else self.dataplane.log_settings()
         return pb.LogSettingsResponse(settings={k: _setting(v) for k, v in settings.items()})
 

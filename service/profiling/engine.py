@@ -58,7 +58,7 @@ E2E_TEXT = ("a separate session without profiling, inputs bound on the device, s
 # --------------------------------------------------------------------------------------------
 # sessions of one profile
 # --------------------------------------------------------------------------------------------
-def _optimized_graph(path: str, spec: SessionSpec, workdir: Path) -> onnx.ModelProto | None:
+def _optimized_graph(path: str | bytes, spec: SessionSpec, workdir: Path) -> onnx.ModelProto | None:
     """The graph ORT really runs (node names after fusion), written by ORT itself."""
     opts = session_options(spec.settings, optimization=spec.optimization)
     target = workdir / "optimized.onnx"
@@ -70,7 +70,7 @@ def _optimized_graph(path: str, spec: SessionSpec, workdir: Path) -> onnx.ModelP
         return None
 
 
-def _e2e_run(path: str, spec: SessionSpec, batch: int, shapes: dict[str, list[int]]) -> BoundRun:
+def _e2e_run(path: str | bytes, spec: SessionSpec, batch: int, shapes: dict[str, list[int]]) -> BoundRun:
     """The untraced session end-to-end latency is measured on (inputs bound on the device)."""
     session = spec.open(path)
     return BoundRun.create(session, random_feeds(session, batch, shapes=shapes))
@@ -149,11 +149,15 @@ class _Measured:
     result: dict[str, Any] = field(default_factory=dict)  # top-level additions
 
 
-def profile_model(path: str | Path, model_name: str, plan: ProfilePlan, store: TraceStore) -> dict[str, Any]:
-    """Profile the model file at ``path`` as ``plan`` says; the response body of ``POST /v1/models/{m}/profile``
-    (``trace_url`` is left to the caller: it gets ``trace_id``)."""
-    path = str(path)
-    original = onnx.load(path)
+def profile_model(path: str | Path | bytes, model_name: str, plan: ProfilePlan, store: TraceStore) -> dict[str, Any]:
+    """Profile the model (its serialized bytes — the server passes those of the loaded version —, or a file
+    path) as ``plan`` says; the response body of ``POST /v1/models/{m}/profile`` (``trace_url`` is left to the
+    caller: it gets ``trace_id``)."""
+    if isinstance(path, bytes):
+        original = onnx.load_model_from_string(path)
+    else:
+        path = str(path)
+        original = onnx.load(path)
     table = layer_table(original)
     layers = table["layers"]
     names = [la["name"] for la in layers]
@@ -200,7 +204,7 @@ def profile_model(path: str | Path, model_name: str, plan: ProfilePlan, store: T
     }
 
 
-def _measure_traced(path: str, original: onnx.ModelProto, layers: list[dict[str, Any]], plan: ProfilePlan,
+def _measure_traced(path: str | bytes, original: onnx.ModelProto, layers: list[dict[str, Any]], plan: ProfilePlan,
                     workdir: Path) -> _Measured:
     """``method: trace``: ORT's Chrome trace of a profiling session, its nodes mapped to ``layers``."""
     spec = plan.session
@@ -241,7 +245,7 @@ def _measure_traced(path: str, original: onnx.ModelProto, layers: list[dict[str,
     return measured
 
 
-def _measure_isolated(path: str, original: onnx.ModelProto, layers: list[dict[str, Any]],
+def _measure_isolated(path: str | bytes, original: onnx.ModelProto, layers: list[dict[str, Any]],
                       plan: ProfilePlan) -> _Measured:
     """``method: isolated``: each layer as its own graph, device-synchronised runs."""
     spec = plan.session

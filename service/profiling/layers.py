@@ -4,12 +4,14 @@ A model exported by sepconv carries its summary in the ONNX metadata (``MetaKey.
 the ``sepconv summary --json`` object, each layer with ``onnx_nodes`` = the ONNX node names that make it).
 A model from elsewhere has no such entry; then every ONNX node becomes one "layer" with its kind (one of
 :data:`sepconv.export.graph.KINDS`), params and multiply-adds worked out from the graph (``source: "graph"``),
-so it can still be profiled. :func:`summary_of` is what ``GET /v1/models/{m}/summary`` serves.
+so it can still be profiled. :func:`summary_of` is what ``GET /v1/models/{m}/summary`` serves, with the model's
+``precision`` (``fp32`` when the metadata says nothing) and, for a fp16 / int8 export, its ``drift`` report.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,25 @@ def metadata_summary(model: onnx.ModelProto) -> dict[str, Any] | None:
     return None
 
 
-def summary_of(metadata: dict[str, str], path: str | Path) -> dict[str, Any]:
+def summary_of(metadata: dict[str, str], model: str | Path | bytes | Callable[[], bytes]) -> dict[str, Any]:
     """The public summary of a loaded model: from its metadata (``metadata``, already read at load time),
-    else worked out from the graph at ``path``."""
+    else worked out from the graph (``model``: its serialized bytes, a function giving them, or a path)."""
     summary = _parse_summary(metadata.get(MetaKey.SUMMARY))
     if summary is None:
-        summary = graph_summary(onnx.load(str(path), load_external_data=False))
-    return public_summary(summary)
+        if callable(model):
+            model = model()
+        proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else \
+            onnx.load(str(model), load_external_data=False)
+        summary = graph_summary(proto)
+    out = public_summary(summary)
+    out["precision"] = metadata.get(MetaKey.PRECISION, "fp32")
+    if MetaKey.CALIBRATION in metadata:
+        out["calibration"] = metadata[MetaKey.CALIBRATION]
+    try:  # a fp16 / int8 export's drift report against its FP32 model (export/precision/drift.py)
+        out["drift"] = json.loads(metadata[MetaKey.DRIFT]) if MetaKey.DRIFT in metadata else None
+    except ValueError:
+        out["drift"] = None
+    return out
 
 
 def public_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sepconv.export.errors import ExportError
 from sepconv.export.padding import ConvGeometry
 from sepconv.export.repository.layout import MetaKey
+from sepconv.service.conv.request import check_filter_size
 from sepconv.service.errors import InvalidInput, TooLarge
 from sepconv.service.profiling.sessions import CUDA, PROVIDERS, SessionSpec, with_threads
 from sepconv.service.runtime.sessions import available_providers
@@ -229,6 +230,13 @@ def plan_conv_profile(req: ConvProfileRequest, settings: Settings) -> ConvProfil
     out_elements = n * ho * wo * max(req.filters, c * req.depth_multiplier)
     if out_elements > settings.conv_max_elements:
         raise TooLarge(f"an output has {out_elements} elements; this server allows {settings.conv_max_elements}")
+    # the filters the four variants hold (standard, depthwise, pointwise): 1x1x500x100000 would be 200 MB each
+    for field, size, fshape in (("standard filter", kh * kw * c * req.filters, [kh, kw, c, req.filters]),
+                                ("depthwise filter", kh * kw * c * req.depth_multiplier,
+                                 [kh, kw, c, req.depth_multiplier]),
+                                ("pointwise filter", c * req.depth_multiplier * req.filters,
+                                 [1, 1, c * req.depth_multiplier, req.filters])):
+        check_filter_size(field, size, fshape, settings)
     return ConvProfilePlan(input_shape=shape, kernel=(kh, kw), filters=req.filters,
                            depth_multiplier=req.depth_multiplier, geometry=geometry, out_hw=(ho, wo), runs=req.runs,
                            warmup=req.warmup, session=SessionSpec(with_threads(settings, req.threads), provider, "all"))

@@ -4,12 +4,16 @@
 ``.version``, ``.path`` (the model.onnx), ``.session`` (ORT ``InferenceSession``), ``.metadata`` (ONNX
 metadata_props), ``.max_batch_size``, ``.config`` (:class:`~sepconv.service.registry.model_config.ModelConfig`;
 ``.config.to_json()`` is the V2 config), ``.providers`` (what the session really runs on), ``.inputs`` /
-``.outputs`` (:class:`TensorSpec`, as clients see them), ``.stats`` (Triton's statistics), ``.metrics`` (its
+``.outputs`` (:class:`TensorSpec`, as clients see them), ``.labels`` (output name -> its class labels, read from
+the config's ``label_filename``), ``.stats`` (Triton's statistics), ``.metrics`` (its
 Prometheus children) and ``.scheduler`` (set by the serving hook when the version loads).
+``.serialized()`` gives the bytes the session was made from (the file read again and checked against the
+SHA-256 taken at load: a file changed or truncated since is ``Unavailable``, never another network's graph).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from sepconv.service.errors import Unavailable
 from sepconv.service.metrics import ModelMetrics
 from sepconv.service.registry.model_config import ModelConfig
 from sepconv.service.runtime.scheduler import Scheduler
@@ -55,9 +60,11 @@ class LoadedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     requested_providers: list[str] = field(default_factory=list)  # what was asked for (providers = what runs)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output name -> class labels (label_filename)
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Scheduler | None = None  # attached by the serving hook (service.runtime.serving) on load
     loaded_at: float = field(default_factory=time.time)
+    sha256: str = ""  # of the model file's bytes the session was made from ("" = not recorded)
     metrics: ModelMetrics = field(init=False)
     input_map: dict[str, TensorSpec] = field(init=False)
     output_map: dict[str, TensorSpec] = field(init=False)
@@ -70,6 +77,18 @@ class LoadedModel:
     @property
     def max_batch_size(self) -> int:
         return int(self.config.max_batch_size or 0)
+
+    def serialized(self) -> bytes:
+        """The model's bytes as loaded: ``Unavailable`` when the file is gone or differs from them now."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise Unavailable(f"model {self.name!r} version {self.version}: its file cannot be read any more "
+                              f"({exc.strerror or exc}); reload the model") from None
+        if self.sha256 and hashlib.sha256(data).hexdigest() != self.sha256:
+            raise Unavailable(f"model {self.name!r} version {self.version}: its file changed on disk since it was "
+                              "loaded; the loaded version is still served — reload the model to profile it")
+        return data
 
     def close(self) -> None:
         if self.scheduler is not None:

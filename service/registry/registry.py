@@ -14,6 +14,7 @@ becomes READY: the serving hook gives it a scheduler there) and when one is reti
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -67,7 +68,15 @@ class ModelRegistry:
         """Names of the model directories in the repository (see :func:`scan.model_names`)."""
         return scan.model_names(self.root)
 
+    def _public(self, reason: str) -> str:
+        """``reason`` without the repository's absolute path (reasons reach clients: index, load, get)."""
+        for root in {str(self.root), str(Path(self.settings.repo).expanduser())}:
+            reason = reason.replace(root + "/", "").replace(root, "<repository>")
+        return reason
+
     def _lock_for(self, name: str) -> threading.Lock:
+        """The lock serialising loads/unloads of ``name``; only names with a model directory or an entry get
+        one (callers check), so the locks stay as many as the repository's models."""
         with self._lock:
             return self._model_locks.setdefault(name, threading.Lock())
 
@@ -116,7 +125,7 @@ class ModelRegistry:
             elif isinstance(exc, LoadError | ConfigError):
                 reason = str(exc)
             else:
-                reason = f"{type(exc).__name__}: {str(exc)[:500]}"
+                reason = self._public(f"{type(exc).__name__}: {str(exc)[:500]}")
             entry.state, entry.reason, entry.versions = UNAVAILABLE, reason, {}
             return self._install_failed(name, old, entry)
 
@@ -129,11 +138,11 @@ class ModelRegistry:
                 state.state = READY
             except (LoadError, ConfigError, ProviderError) as exc:
                 state.state = UNAVAILABLE
-                state.reason = exc.message if isinstance(exc, ProviderError) else str(exc)
+                state.reason = self._public(exc.message if isinstance(exc, ProviderError) else str(exc))
                 log.warning("model %s version %s unavailable: %s", name, version, state.reason)
             except Exception as exc:  # noqa: BLE001 - ORT raises many types for a bad model
                 state.state = UNAVAILABLE
-                state.reason = f"{type(exc).__name__}: {exc}".strip()
+                state.reason = self._public(f"{type(exc).__name__}: {exc}".strip())
                 log.warning("model %s version %s unavailable: %s", name, version, state.reason)
             new_versions[version] = state
         entry.versions = new_versions
@@ -183,16 +192,23 @@ class ModelRegistry:
     def _load_version(self, name: str, version: str, model_dir: Path, config: ModelConfig) -> LoadedModel:
         filename = config.default_model_filename
         path = scan.model_file(model_dir, self.root, version, filename)
-        metadata = scan.read_metadata(path, self.root, f"{version}/{filename}")
+        data = path.read_bytes()  # read once: the session, the metadata and the hash all come from these bytes
+        metadata, external = scan.read_metadata(path, self.root, f"{version}/{filename}", data)
         requested = self._providers_for(config)
         gpus = [g for group in config.instance_groups for g in group.gpus]
         settings = self.settings.model_copy(update={"cuda_device_id": gpus[0]}) if gpus else self.settings
         if len(set(gpus)) > 1:
             log.warning("model %s: instance_group lists GPUs %s; one session runs on GPU %d", name, gpus, gpus[0])
-        session = make_session(path, settings, providers=requested)
+        session = make_session(path if external else data, settings, providers=requested)
         completed = complete_config(config, session.get_inputs(), session.get_outputs(),
                                     self.settings.default_max_batch_size, self.settings.default_queue_delay_us)
         batched = completed.max_batch_size > 0
+        labels = {}
+        for t in completed.outputs:
+            filename = t.extra.get("label_filename")
+            if filename:
+                classes = t.dims[-1] if t.dims and t.dims[-1] > 0 else None
+                labels[t.name] = scan.read_labels(model_dir, self.root, str(filename), t.name, classes)
         providers = list(session.get_providers())
         if not completed.instance_groups:  # as Triton does: the kind the session really got
             completed.instance_groups = [InstanceGroup(kind="KIND_GPU" if wants_gpu(providers) else "KIND_CPU",
@@ -201,8 +217,10 @@ class ModelRegistry:
         model = LoadedModel(
             name=name, version=version, path=path, session=session, metadata=metadata, config=completed,
             providers=providers, requested_providers=resolve_providers(requested, self.settings),
+            sha256=hashlib.sha256(data).hexdigest(),
             inputs=[TensorSpec(t.name, t.datatype, _spec_shape(t.dims, batched)) for t in completed.inputs],
             outputs=[TensorSpec(t.name, t.datatype, _spec_shape(t.dims, batched)) for t in completed.outputs],
+            labels=labels,
         )
         for hook in self.hooks:
             hook.on_load(model)
@@ -210,6 +228,8 @@ class ModelRegistry:
 
     def unload(self, name: str) -> None:
         check_name(name)
+        if self.entry(name) is None:  # before a lock is made for it: unknown names leave nothing behind
+            raise ModelNotFound(f"unknown model {name!r}")
         with self._lock_for(name):
             with self._lock:
                 entry = self._models.get(name)

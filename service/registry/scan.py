@@ -3,6 +3,7 @@
 Layout (names, versions and file names are :mod:`sepconv.export.repository.layout`'s, the one owner of those rules)::
 
     REPO/NAME/config.pbtxt          (optional; auto-completed from the ONNX model when absent)
+    REPO/NAME/labels.txt            (optional; any file an output's ``label_filename`` names, in the model folder)
     REPO/NAME/VERSION/model.onnx    (VERSION = a positive integer; the file name is the config's
                                      ``default_model_filename``)
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+from sepconv.export.labels import MAX_LABELS_BYTES, LabelsError, parse_labels
 from sepconv.export.repository import layout
 from sepconv.service.errors import InvalidInput
 from sepconv.service.registry.model_config import ModelConfig, parse_config
@@ -114,18 +116,18 @@ def model_file(directory: Path, root: Path, version: str, filename: str) -> Path
     return path
 
 
-def read_metadata(path: Path, root: Path, shown: str) -> dict[str, str]:
-    """The ONNX model's ``metadata_props``, after checking that the file holds a graph and that its external
-    data stays inside the repository (the weights themselves are not read: ``shown`` names the file in
-    messages)."""
+def read_metadata(path: Path, root: Path, shown: str, data: bytes) -> tuple[dict[str, str], bool]:
+    """The ONNX model's ``metadata_props`` (from ``data``, the file's bytes) and whether it has external data,
+    after checking that it holds a graph and that its external data stays inside the repository (the
+    weights themselves are not read: ``shown`` names the file in messages)."""
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have various types
         raise LoadError(f"{shown} is not a valid ONNX model: {exc}") from exc
     if not proto.graph.node and not proto.graph.output:
         raise LoadError(f"{shown} holds no graph (empty or not ONNX)")
-    check_external_data(proto, path, root)
-    return {p.key: p.value for p in proto.metadata_props}
+    external = check_external_data(proto, path, root)
+    return {p.key: p.value for p in proto.metadata_props}, external
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -153,12 +155,15 @@ def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]
                 yield from _all_tensors(sub)
 
 
-def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) -> None:
-    """Every external-data location must be a relative path that stays inside the repository."""
+def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) -> bool:
+    """Every external-data location must be a relative path that stays inside the repository; True when the
+    model has any."""
+    found = False
     functions = (t for f in proto.functions for t in _node_tensors(f.node))  # model-local functions too
     for tensor in itertools.chain(_all_tensors(proto.graph), functions):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
+        found = True
         entries = {e.key: e.value for e in tensor.external_data}
         location = entries.get("location", "")
         if not location or Path(location).is_absolute() or location.startswith(("/", "\\")):
@@ -168,3 +173,28 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path, root: Path) ->
             raise LoadError(f"tensor {tensor.name!r}: external data {location!r} points outside the repository")
         if not target.is_file():
             raise LoadError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
+    return found
+
+
+def read_labels(directory: Path, root: Path, filename: str, output: str, classes: int | None) -> list[str]:
+    """The labels an output's ``label_filename`` names (a plain file name in the model folder, as Triton reads
+    it): inside the repository, a regular UTF-8 file of at most ``MAX_LABELS_BYTES``, one label a line, and, when
+    the output's class count is known, exactly one line per class."""
+    shown = f"label_filename {filename!r} of output {output!r}"
+    if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
+        raise LoadError(f"{shown} must be a plain file name in the model's folder")
+    path = directory / filename
+    if not path.exists():
+        raise LoadError(f"{shown}: the file is missing")
+    if not inside(path, root):
+        raise LoadError(f"{shown} resolves outside the repository")
+    if not path.is_file():
+        raise LoadError(f"{shown} is not a regular file")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise LoadError(f"{shown} is over {MAX_LABELS_BYTES} bytes")
+    try:
+        return parse_labels(path.read_bytes().decode("utf-8"), classes, shown)
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"{shown} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (OSError, LabelsError) as exc:
+        raise LoadError(str(exc)) from None

@@ -3,7 +3,12 @@
 * :func:`read_body` — the whole body, refusing (``TooLarge``, 413) one over a limit before reading it all;
 * :func:`decompress` — a ``gzip``/``deflate`` request body, capped after decompression too;
 * :func:`compress` — a response body for the client's ``Accept-Encoding`` (gzip preferred, 1 KiB and up);
-* :func:`json_object` — a body that must be a JSON object (empty -> ``{}`` unless required).
+* :func:`check_structure` — a JSON text's lists/objects and values counted before it is parsed (413 over
+  ``json_max_containers`` / ``json_max_elements``): 60 MB of ``[],`` would otherwise become 20 million Python
+  lists (~2 GB) in one parse that holds the event loop for seconds. Nesting depth is capped by orjson itself
+  (1024 levels; deeper is a 400);
+* :func:`json_object` — a control body (index, load, logging, trace) that must be a JSON object, at most
+  :data:`CONTROL_MAX_BYTES` (empty -> ``{}`` unless required).
 
 The server-wide request size limit itself is enforced earlier, by :mod:`sepconv.service.rest.middleware`.
 """
@@ -20,6 +25,7 @@ from starlette.requests import Request
 from sepconv.service.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
 COMPRESS_MIN_BYTES = 1024  # smaller responses are sent as they are
+CONTROL_MAX_BYTES = 1024 * 1024  # a repository/logging/trace request is a few fields (a config override at most)
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:
@@ -71,9 +77,26 @@ def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
     return body, None
 
 
+def check_structure(text: bytes, max_elements: int, max_containers: int) -> None:
+    """413 when the JSON ``text`` holds more than ``max_containers`` lists and objects or more than
+    ``max_elements`` values and containers, counted from its brackets and commas before parsing (an
+    overestimate only when strings hold brackets or commas)."""
+    containers = text.count(b"[") + text.count(b"{")
+    if containers > max_containers:
+        raise TooLarge(f"this JSON body holds about {containers} lists and objects; at most {max_containers} are "
+                       "accepted (SEPCONV_JSON_MAX_CONTAINERS): send tensors flat or as binary data")
+    elements = containers + text.count(b",")
+    if elements > max_elements:
+        raise TooLarge(f"this JSON body holds about {elements} values; at most {max_elements} are accepted "
+                       "(SEPCONV_JSON_MAX_ELEMENTS): send large tensors as binary data")
+
+
 async def json_object(request: Request, *, allow_empty: bool = True) -> dict[str, Any]:
-    """The body as a JSON object (``InvalidInput`` for malformed JSON or another JSON value)."""
-    body = await request.body()
+    """The body as a JSON object (``InvalidInput`` for malformed JSON or another JSON value; ``TooLarge``
+    over :data:`CONTROL_MAX_BYTES` or the server's JSON structure limits)."""
+    body = await read_body(request, CONTROL_MAX_BYTES, "bytes a control request may have")
+    settings = request.app.state.settings
+    check_structure(body, settings.json_max_elements, settings.json_max_containers)
     if not body.strip():
         if allow_empty:
             return {}

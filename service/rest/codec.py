@@ -7,9 +7,10 @@ Request body = a JSON header, optionally followed by raw tensor bytes; the heade
 4-byte little-endian length + bytes per element.
 
 Decoding produces the data plane's transport-neutral :class:`~sepconv.service.dataplane.types.InferRequest`;
-encoding takes its :class:`~sepconv.service.dataplane.types.InferResponse`. Everything here is plain functions
-over bytes/numpy (no pydantic) to keep the hot path short; every client mistake raises ``InvalidInput``
-(a protocol feature this server does not offer, ``NotSupported``).
+encoding takes its :class:`~sepconv.service.dataplane.types.InferResponse`. A requested output's
+``parameters.classification`` (Triton's classification extension) is decoded here, served by the data plane.
+Everything here is plain functions over bytes/numpy (no pydantic) to keep the hot path short; every client mistake
+raises ``InvalidInput`` (a protocol feature this server does not offer, ``NotSupported``).
 """
 
 from __future__ import annotations
@@ -242,12 +243,17 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
             oparams = raw.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise _bad(f"output {raw['name']!r}: 'parameters' must be an object")
-            if oparams.get("classification"):
-                raise NotSupported(f"output {raw['name']!r}: the classification extension is not supported")
             if "shared_memory_region" in oparams:
+                if "classification" in oparams:
+                    raise _bad(f"output {raw['name']!r}: can't set both 'shared_memory_region' and 'classification'")
                 raise NotSupported(f"output {raw['name']!r}: shared-memory outputs are not supported by this server")
+            classes = oparams.get("classification", 0)
+            if isinstance(classes, bool) or not isinstance(classes, int) or not 0 <= classes < 2**32:
+                raise _bad(f"output {raw['name']!r}: 'classification' must be a non-negative integer (the number of "
+                           f"classes to return), got {classes!r}")
             b = _bool_param(oparams, "binary_data", f"output {raw['name']!r}")
-            outputs.append(RequestedOutput(name=raw["name"], binary=binary_output if b is None else b))
+            outputs.append(RequestedOutput(name=raw["name"], binary=binary_output if b is None else b,
+                                           classification=classes))
         if len({o.name for o in outputs}) != len(outputs):
             raise _bad("an output is requested twice")
     return InferRequest(id=req_id, inputs=inputs, outputs=outputs, binary_output=binary_output, parameters=params)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from sepconv.service.classify.engine import ClassifyEngine
 from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.registry.registry import ModelRegistry
 from sepconv.service.settings import Settings
@@ -23,3 +24,7 @@ def registry(request: Request) -> ModelRegistry:
 
 def dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
+
+
+def classify(request: Request) -> ClassifyEngine:
+    return request.app.state.classify

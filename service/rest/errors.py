@@ -30,6 +30,7 @@ HTTP_STATUS: dict[type[e.ServiceError], int] = {
     e.ModelNotReady: 503,
     e.Unavailable: 503,
     e.TooLarge: 413,
+    e.RequestTimeout: 408,
     e.Busy: 429,
     e.Overloaded: 503,
     e.Unauthenticated: 401,

@@ -18,7 +18,6 @@ from starlette.requests import ClientDisconnect, Request
 
 from sepconv.service.errors import ServiceError
 from sepconv.service.rest.errors import error_response, service_error_response
-from sepconv.service.rest.middleware import BodyTooLarge
 from sepconv.service.rest.v2 import handle_infer, router
 
 log = logging.getLogger("sepconv.errors")
@@ -58,8 +57,6 @@ class InferFastPath:
             response = service_error_response(exc)
         except ClientDisconnect:
             return  # the client went away before sending its whole body: nobody to answer
-        except BodyTooLarge:
-            raise  # ServiceMiddleware answers 413
         except Exception as exc:  # noqa: BLE001 - answer JSON, log the traceback
             log.exception("unexpected error on POST %s", scope["path"])
             response = error_response(500, f"internal server error: {type(exc).__name__}: {exc}")

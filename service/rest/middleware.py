@@ -1,15 +1,27 @@
-"""Pure-ASGI middleware (no BaseHTTPMiddleware, which costs on every request):
+"""Pure-ASGI middleware (no BaseHTTPMiddleware, which costs on every request): the limits every request body
+meets, in one place, as its bytes arrive.
 
-* request bodies over ``max_request_bytes`` -> 413 ``{"error": ...}``, decided from ``Content-Length``
-  before a byte of the body is read (or as soon as a chunked body passes the limit);
-* a memory budget for the request bodies being handled at once (``max_inflight_bytes``): past it, 503
-  with ``Retry-After`` instead of a server that decodes more JSON than it has memory for;
+* bodies over ``max_request_bytes`` -> 413, decided from ``Content-Length`` before a byte is read, or as soon as
+  a chunked body passes the limit;
+* a memory budget counting the body bytes actually **held** (``max_inflight_bytes``): bytes count as they
+  arrive and until their request ends, so a connection that declares 64 MiB and sends nothing holds nothing;
+  past the budget, 503 with ``Retry-After`` (a lone request always passes);
+* a body read deadline: ``body_timeout_s`` plus the time the bytes received so far need at ``body_min_rate``
+  (a stalled or trickling upload gets 408 and the connection is closed); once shutdown begins
+  (:class:`~sepconv.service.rest.transport.TransportGuard`), a stalled upload gets 503 within a second instead
+  of holding the server's exit;
 * one structured JSON access-log line per request (logger ``sepconv.access``) and the HTTP metrics;
 * a count of in-flight requests, so shutdown can wait for them.
+
+Early answers are the typed errors (``TooLarge``, ``Overloaded``, ``RequestTimeout``, ``Unavailable``) with the
+status of :mod:`sepconv.service.rest.errors`, sent by this middleware itself; the application then reads a
+disconnect and whatever it answers is dropped. The connection stays open after a 413/503 and the transport
+discards the rest of the body (bounded), so that ordinary clients read the answer instead of a reset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -17,16 +29,14 @@ from typing import Any
 import orjson
 
 from sepconv.service import metrics
+from sepconv.service.errors import InvalidInput, Overloaded, RequestTimeout, ServiceError, TooLarge, Unavailable
+from sepconv.service.rest.errors import headers_of, status_of
+from sepconv.service.rest.transport import TransportGuard
+from sepconv.service.settings import Settings
 
 access_log = logging.getLogger("sepconv.access")
 
-
-class BodyTooLarge(Exception):
-    pass
-
-
-def _error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+_DISCONNECT = {"type": "http.disconnect"}
 
 
 class InFlight:
@@ -37,22 +47,29 @@ class InFlight:
 
 
 class ServiceMiddleware:
-    def __init__(self, app: Any, max_request_bytes: int, log_requests: bool = True,
-                 tracker: InFlight | None = None, max_inflight_bytes: int = 0) -> None:
+    def __init__(self, app: Any, settings: Settings, tracker: InFlight | None = None,
+                 guard: TransportGuard | None = None) -> None:
         self.app = app
-        self.limit = int(max_request_bytes)
-        self.budget = int(max_inflight_bytes)  # 0 = no budget
+        self.limit = int(settings.max_request_bytes)
+        self.budget = int(settings.max_inflight_bytes)  # 0 = no budget
+        self.body_timeout = float(settings.body_timeout_s)
+        self.min_rate = max(1, int(settings.body_min_rate))
         self.inflight_bytes = 0
-        self.log_requests = log_requests
+        self.log_requests = settings.access_log
         self.tracker = tracker or InFlight()
+        self.guard = guard or TransportGuard(settings)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def _reply(self, send: Any, status: int, message: str, retry_after: bool = False) -> None:
-        body = _error_body(message)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        if retry_after:
-            headers.append((b"retry-after", b"1"))
+    @staticmethod
+    async def _answer(send: Any, exc: ServiceError, status_holder: list[int], close: bool = False) -> None:
+        status = status_of(exc)
+        body = orjson.dumps({"error": exc.message})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in (headers_of(exc) or {}).items()]
+        if close:
+            headers.append((b"connection", b"close"))
+        status_holder[0] = status
+        status_holder[1] += len(body)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -64,7 +81,7 @@ class ServiceMiddleware:
         status_holder = [0, 0]  # status, response bytes
         method = scope.get("method", "")
         self.tracker.count += 1
-        reserved = 0
+        held = 0
         try:
             declared, chunked = None, False
             for key, value in scope.get("headers", ()):
@@ -72,44 +89,22 @@ class ServiceMiddleware:
                     try:
                         declared = int(value)
                     except ValueError:
-                        status_holder[0] = 400
-                        await self._reply(send, 400, "invalid Content-Length header")
+                        await self._answer(send, InvalidInput("invalid Content-Length header"), status_holder,
+                                           close=True)
                         return
                 elif key == b"transfer-encoding":
                     chunked = True
             if declared is not None and declared > self.limit:
-                status_holder[0] = 413
-                await self._reply(send, 413, f"request body of {declared} bytes is over the limit of "
-                                             f"{self.limit} bytes")
+                await self._answer(send, TooLarge(f"request body of {declared} bytes is over the limit of "
+                                                  f"{self.limit} bytes (SEPCONV_MAX_REQUEST_BYTES)"), status_holder)
                 return
-            # Memory budget: a decoded body costs a few times its size (JSON numbers become Python objects),
-            # so the bodies being handled at once are capped; one request alone always gets through.
-            want = declared if declared is not None else (self.limit if chunked else 0)
-            if self.budget and want and self.inflight_bytes and self.inflight_bytes + want > self.budget:
-                status_holder[0] = 503
-                await self._reply(send, 503, f"server busy: {self.inflight_bytes} bytes of request bodies are "
-                                             f"being handled (budget {self.budget}); retry shortly",
-                                  retry_after=True)
-                return
-            reserved = want
-            self.inflight_bytes += reserved
 
-            received = 0
-            limit = self.limit
-
-            async def limited_receive() -> dict:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise BodyTooLarge()
-                return message
-
-            started = False
+            started = answered = False
 
             async def tracking_send(message: dict) -> None:
                 nonlocal started
+                if answered:
+                    return  # this middleware already answered (a limit); the app's answer is dropped
                 if message["type"] == "http.response.start":
                     started = True
                     status_holder[0] = message["status"]
@@ -117,17 +112,74 @@ class ServiceMiddleware:
                     status_holder[1] += len(message.get("body", b""))
                 await send(message)
 
-            try:
-                await self.app(scope, limited_receive if declared is None else receive, tracking_send)
-            except BodyTooLarge:
+            if not chunked and not declared:  # no body to guard
+                await self.app(scope, receive, tracking_send)
+                return
+
+            guard = self.guard
+            loop = asyncio.get_running_loop()
+            body_start = loop.time()
+            received = 0
+            done = False
+
+            async def answer(exc: ServiceError, close: bool = False) -> dict:
+                nonlocal answered
                 if not started:
-                    status_holder[0] = 413
-                    await self._reply(send, 413, f"request body is over the limit of {self.limit} bytes")
+                    await self._answer(send, exc, status_holder, close=close)
+                    answered = True
+                return _DISCONNECT
+
+            async def guarded_receive() -> dict:
+                nonlocal received, done, held
+                if done:
+                    return await receive()
+                if answered:
+                    return _DISCONNECT
+                deadline = body_start + self.body_timeout + received / self.min_rate
+                if guard.stopping:
+                    deadline = min(deadline, loop.time() + guard.shutdown_body_idle_s)
+                try:
+                    async with asyncio.timeout_at(deadline) as timeout:
+                        guard.waiting.add(timeout)
+                        try:
+                            message = await receive()
+                        finally:
+                            guard.waiting.discard(timeout)
+                except TimeoutError:
+                    if guard.stopping:
+                        return await answer(Unavailable("the server is shutting down and the request body "
+                                                        "stopped arriving; retry"), close=True)
+                    return await answer(RequestTimeout(
+                        f"the request body did not arrive in time: {received} bytes in "
+                        f"{loop.time() - body_start:.1f} s (a body may take {self.body_timeout:g} s plus one "
+                        f"second per {self.min_rate} bytes)"), close=True)
+                if message["type"] != "http.request":
+                    done = True
+                    return message
+                n = len(message.get("body", b""))
+                received += n
+                if not message.get("more_body", False):
+                    done = True
+                if received > self.limit:
+                    return await answer(TooLarge(f"request body is over the limit of {self.limit} bytes "
+                                                 "(SEPCONV_MAX_REQUEST_BYTES)"))
+                if n:
+                    held += n
+                    self.inflight_bytes += n
+                    if self.budget and self.inflight_bytes > self.budget and self.inflight_bytes > held:
+                        return await answer(Overloaded(
+                            f"server busy: {self.inflight_bytes - held} bytes of other request bodies are held "
+                            f"(budget {self.budget}, SEPCONV_MAX_INFLIGHT_BYTES); retry shortly"))
+                return message
+
+            try:
+                await self.app(scope, guarded_receive, tracking_send)
             except Exception:
-                status_holder[0] = status_holder[0] or 500
-                raise
+                if not answered:
+                    status_holder[0] = status_holder[0] or 500
+                    raise
         finally:
-            self.inflight_bytes -= reserved
+            self.inflight_bytes -= held
             self.tracker.count -= 1
             self._record(scope, method, status_holder, start)
 

@@ -1,13 +1,16 @@
-"""Operations: ``GET /metrics`` (Prometheus text) and the dashboard at ``/`` (static HTML that reads the V2 routes)."""
+"""Operations: ``GET /metrics`` (Prometheus text), the dashboard at ``/`` and one model's page at ``/ui/models/{m}``
+(static HTML that reads the V2 routes; the model page classifies a dropped image with ``/v1/models/{m}/classify``)."""
 
 from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response
 
 from sepconv.service import metrics
+from sepconv.service.errors import ModelNotFound
+from sepconv.service.rest import deps
 
 router = APIRouter(tags=["operations"])
 
@@ -21,4 +24,12 @@ async def prometheus_metrics() -> Response:
 @router.get("/", include_in_schema=False)
 async def dashboard() -> HTMLResponse:
     html = resources.files("sepconv.service").joinpath("static/dashboard.html").read_text(encoding="utf-8")
+    return HTMLResponse(html)
+
+
+@router.get("/ui/models/{model_name}", include_in_schema=False)
+async def model_page(request: Request, model_name: str) -> HTMLResponse:
+    if deps.registry(request).entry(model_name) is None:
+        raise ModelNotFound(f"no model {model_name!r} in the repository")
+    html = resources.files("sepconv.service").joinpath("static/model.html").read_text(encoding="utf-8")
     return HTMLResponse(html)

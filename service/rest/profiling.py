@@ -75,7 +75,7 @@ def _body_doc(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
 @router.get("/v1/models/{model_name}/summary", summary="Keras-like layer summary of a loaded model")
 def model_summary(model_name: str, request: Request) -> dict[str, Any]:
     loaded = registry(request).get(model_name)
-    return summary_of(loaded.metadata or {}, loaded.path)
+    return summary_of(loaded.metadata or {}, loaded.serialized)
 
 
 @router.post("/v1/models/{model_name}/profile", summary="Per-layer profile of a loaded model",
@@ -85,7 +85,7 @@ def profile(model_name: str, request: Request,
     loaded = registry(request).get(model_name)
     plan = plan_profile(req, settings(request), model_max_batch=loaded.max_batch_size, metadata=loaded.metadata)
     with _gate(request).hold(f"profile of {model_name}"):
-        result = profile_model(loaded.path, model_name, plan, _traces(request))
+        result = profile_model(loaded.serialized(), model_name, plan, _traces(request))
     trace_id = result.pop("trace_id")
     result["trace_url"] = str(request.url_for("profile_trace", trace_id=f"{trace_id}.json")) if trace_id else None
     return result

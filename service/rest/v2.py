@@ -23,11 +23,13 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
+from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.dataplane.types import InferRequest, InferResponse
 from sepconv.service.errors import InvalidInput
 from sepconv.service.rest import body as bodies
 from sepconv.service.rest import deps
 from sepconv.service.rest.codec import encode_infer_response, parse_infer_request
+from sepconv.service.settings import Settings
 
 router = APIRouter(tags=["v2"])
 
@@ -125,12 +127,13 @@ class RestInfer:
     ``Inference-Header-Content-Length`` split; encode builds the response, compressed for
     ``Accept-Encoding``, with the header length when outputs are binary."""
 
-    __slots__ = ("headers", "limit", "request")
+    __slots__ = ("headers", "limit", "request", "settings")
 
-    def __init__(self, request: Request, limit: int) -> None:
+    def __init__(self, request: Request, settings: Settings) -> None:
         self.request = request
         self.headers: Headers = request.headers
-        self.limit = limit
+        self.settings = settings
+        self.limit = settings.max_request_bytes
 
     async def decode(self) -> InferRequest:
         body = await self.request.body()
@@ -145,6 +148,8 @@ class RestInfer:
                 hl = int(header_length)
             except ValueError as exc:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not an integer") from exc
+        s = self.settings
+        bodies.check_structure(body if hl is None else body[:max(hl, 0)], s.json_max_elements, s.json_max_containers)
         return parse_infer_request(body, hl)
 
     def encode(self, response: InferResponse) -> Response:
@@ -162,7 +167,7 @@ async def handle_infer(request: Request, model_name: str, version: str | None) -
     """POST .../infer: one call into the data plane. A request is ``alone`` when it is the only HTTP request
     the server is handling (the scheduler may then run it on the event loop, see the scheduler's docstring)."""
     state = request.app.state
-    return await state.dataplane.infer(model_name, version, RestInfer(request, state.settings.max_request_bytes),
+    return await state.dataplane.infer(model_name, version, RestInfer(request, state.settings),
                                        alone=state.in_flight.count <= 1)
 
 
@@ -188,6 +193,26 @@ def _bearer_token(request: Request) -> str | None:
     return given.strip()
 
 
+def _cross_origin(request: Request) -> bool:
+    """Whether a browser sent this from another origin: ``Sec-Fetch-Site`` says so, or ``Origin`` (which
+    browsers put on every cross-origin POST, ``text/plain`` ones included) names another host than ``Host``."""
+    headers = request.headers
+    if headers.get("sec-fetch-site", "") in ("cross-site", "same-site"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False  # not a browser's cross-origin request (curl, SDKs, same-origin GETs)
+    _, sep, hostport = origin.partition("://")
+    return not sep or hostport.rstrip("/").lower() != headers.get("host", "").lower()
+
+
+def _admin(request: Request) -> DataPlane:
+    """The data plane, once its admin check passed for this state-changing request."""
+    dataplane = deps.dataplane(request)
+    dataplane.authorize(_bearer_token(request), cross_origin=_cross_origin(request))
+    return dataplane
+
+
 @router.post("/v2/repository/index")
 async def repository_index(request: Request) -> Response:
     body = await bodies.json_object(request)
@@ -196,8 +221,7 @@ async def repository_index(request: Request) -> Response:
 
 @router.post("/v2/repository/models/{model_name}/load")
 async def repository_load(request: Request, model_name: str) -> Response:
-    dataplane = deps.dataplane(request)
-    dataplane.authorize(_bearer_token(request))
+    dataplane = _admin(request)
     body = await bodies.json_object(request)
     await dataplane.load(model_name, body.get("parameters"))
     return _json({})
@@ -205,8 +229,7 @@ async def repository_load(request: Request, model_name: str) -> Response:
 
 @router.post("/v2/repository/models/{model_name}/unload")
 async def repository_unload(request: Request, model_name: str) -> Response:
-    dataplane = deps.dataplane(request)
-    dataplane.authorize(_bearer_token(request))
+    dataplane = _admin(request)
     await bodies.json_object(request)
     await dataplane.unload(model_name)
     return _json({})
@@ -222,8 +245,9 @@ async def get_logging(request: Request) -> Response:
 
 @router.post("/v2/logging")
 async def set_logging(request: Request) -> Response:
+    dataplane = _admin(request)
     body = await bodies.json_object(request)
-    return _json(deps.dataplane(request).set_log_settings(body))
+    return _json(dataplane.set_log_settings(body))
 
 
 @router.get("/v2/trace/setting")

@@ -1,0 +1,133 @@
+"""FP32 vs INT8 vs FP16, in one run: latency at batch 1 and 8 on CPU, and the drift on imported-weight fixtures.
+
+    .venv/bin/python bench/precision.py [--arch mobilenet_v2] [--alpha 1.0] [--resolution 224] [--rounds 200]
+
+* exports ``ARCH`` (random Keras-initialiser weights: latency does not depend on the weights) as fp32, int8 and
+  fp16 into a temporary repository with the exporter (``export/precision/``), opens one CPU session per model with
+  ORT's defaults (``ORT_ENABLE_ALL``), and times ``session.run`` at batch 1 and 8, one sample of each model in turn so
+  background load hits all three alike; prints p50s and the ratios against FP32, and the CPU's ISA as
+  ``/proc/cpuinfo`` flags (ORT's MLAS picks its kernels from the same CPUID bits: AVX-512 VNNI -> VNNI int8 GEMM);
+* exports every imported-weight fixture (``tests/fixtures/weights/``) as int8 and fp16, calibrated and evaluated
+  on class-spread synthetic pictures, and prints the drift report's logits SNR, top-1 agreement and the number of
+  distinct FP32 top-1 classes (flagged below 4: agreement over one class would prove nothing);
+* goals: INT8 p50 <= 0.60 x FP32 at batch 1; INT8 logits SNR >= 30 dB; FP16 >= 40 dB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sepconv.export.repository.catalog import ExportRequest, export  # noqa: E402
+from tests.fixtures.weights import decompress_all, expected  # noqa: E402
+
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def isa() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    have = set(flags.split(":", 1)[1].split())
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_int8", "amx_bf16")
+    return " ".join(f for f in wanted if f in have)
+
+
+def latency(paths: dict[str, Path], batch: int, rounds: int, shape: list[int]) -> dict[str, float]:
+    sessions = {p: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for p, path in paths.items()}
+    x = np.random.default_rng(0).uniform(-1, 1, [batch, *shape]).astype(np.float32)
+    for s in sessions.values():
+        for _ in range(10):
+            s.run(None, {"input": x})
+    samples: dict[str, list[float]] = {p: [] for p in sessions}
+    for _ in range(rounds):
+        for p, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {"input": x})
+            samples[p].append((time.perf_counter() - t) * 1e3)
+    return {p: statistics.median(v) for p, v in samples.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="mobilenet_v2")
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=200)
+    args = ap.parse_args()
+    print(f"onnxruntime {ort.__version__}, CPU ISA flags: {isa()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "models"
+        paths = {}
+        for p in PRECISIONS:
+            r = export(ExportRequest(args.arch, alpha=args.alpha, resolution=args.resolution, precision=p,
+                                     name=f"m_{p}"), repo, force=True)
+            paths[p] = r.path
+        shape = [3, args.resolution, args.resolution]
+        print(f"\nlatency, {args.arch} alpha={args.alpha} {args.resolution}x{args.resolution}, CPU provider, "
+              f"ORT defaults, p50 of {args.rounds} interleaved runs")
+        ratios = {}
+        for batch in (1, 8):
+            p50 = latency(paths, batch, args.rounds if batch == 1 else max(20, args.rounds // 5), shape)
+            ratios[batch] = {p: p50[p] / p50["fp32"] for p in PRECISIONS}
+            print(f"  batch {batch}: " + ", ".join(f"{p} {p50[p]:.2f} ms ({ratios[batch][p]:.2f}x)"
+                                                  for p in PRECISIONS))
+
+        print("\ndrift on the imported-weight fixtures (32 calibration pictures; evaluated on them)")
+        files = decompress_all(Path(tmp))
+        snr: dict[str, list[float]] = {"int8": [], "fp16": []}
+        for name, spec in expected()["fixtures"].items():
+            calib = _spread_inputs(files / name, spec, Path(tmp))
+            for p in ("int8", "fp16"):
+                r = export(ExportRequest(spec["arch"], resolution=spec["resolution"], weights=files / name,
+                                         precision=p, calibration=calib, name=f"f_{p}"), repo, force=True)
+                o = r.drift["output"]
+                spread = "" if o["distinct_top1"] >= 4 else " [too few classes: agreement means little]"
+                snr[p].append(o["snr_db"])
+                print(f"  {name:48s} {p}: logits SNR {o['snr_db']:5.1f} dB, top-1 agreement "
+                      f"{100 * o['top1_agreement']:5.1f}%, top-5 {100 * o['top5_agreement']:5.1f}% "
+                      f"({o['distinct_top1']} distinct top-1 classes{spread}); worst layer {r.drift['worst_layer']}")
+    print("\ngoals")
+    print(f"  INT8 p50 <= 0.60x FP32 at batch 1: {ratios[1]['int8']:.2f}x -> "
+          f"{'met' if ratios[1]['int8'] <= 0.60 else 'NOT met'}")
+    print(f"  INT8 logits SNR >= 30 dB: min {min(snr['int8']):.1f} dB -> "
+          f"{'met' if min(snr['int8']) >= 30 else 'NOT met'}")
+    print(f"  FP16 logits SNR >= 40 dB: min {min(snr['fp16']):.1f} dB -> "
+          f"{'met' if min(snr['fp16']) >= 40 else 'NOT met'}")
+
+
+def _spread_inputs(weights: Path, spec: dict, tmp: Path, n: int = 32, pool: int = 256) -> Path:
+    """A .npy of ``n`` synthetic pictures chosen from ``pool`` so the FP32 top-1 classes spread (round robin)."""
+    from sepconv.export.precision.calibration import InputSpec, synthetic_inputs  # noqa: PLC0415
+
+    r = export(ExportRequest(spec["arch"], resolution=spec["resolution"], weights=weights, name="f_ref"),
+               tmp / "ref", force=True)
+    from sepconv.export.repository.writer import read_metadata  # noqa: PLC0415
+
+    inputs = synthetic_inputs(InputSpec.of(read_metadata(r.path)), pool, seed=7)
+    top1 = ort.InferenceSession(str(r.path)).run(None, {"input": inputs})[0].argmax(1)
+    by_class = [list(np.flatnonzero(top1 == c)) for c in np.unique(top1)]
+    chosen: list[int] = []
+    while len(chosen) < n and any(by_class):
+        for idx in by_class:
+            if idx and len(chosen) < n:
+                chosen.append(idx.pop(0))
+    path = tmp / f"{weights.name}.npy"
+    np.save(path, inputs[sorted(chosen)])
+    return path
+
+
+if __name__ == "__main__":
+    main()
