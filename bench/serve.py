@@ -382,7 +382,7 @@ def main() -> None:
             t = time.perf_counter()
             default_session.run(None, {in_name: x})
             ort_default.append(time.perf_counter() - t)
-            time.sleep(0.02)  # ORT's default intra-op threads spin-wait after a run: not during the next sample
+            time.sleep(0.1)  # ORT's default intra-op threads spin ~40 ms after a run: not during the next sample
             t = time.perf_counter()
             grpc_server_stub.ModelInfer(g_request)
             srv_grpc.append(time.perf_counter() - t)
