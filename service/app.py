@@ -3,7 +3,9 @@
 It builds the collaborators once, in order, and passes them in: settings -> registry
 (:class:`~sepconv.service.registry.registry.ModelRegistry`) -> runtime (the ``session.run`` executor, and the
 :class:`~sepconv.service.runtime.serving.ServingHook` that gives each loaded version its scheduler) -> data plane
-(:class:`~sepconv.service.dataplane.dataplane.DataPlane`) -> the REST transport (:mod:`sepconv.service.rest`).
+(:class:`~sepconv.service.dataplane.dataplane.DataPlane`) -> the REST transport (:mod:`sepconv.service.rest`) and,
+unless ``settings.grpc_port`` is 0, the gRPC transport (:mod:`sepconv.service.grpc`: started by the lifespan on the
+same event loop once the models are loaded).
 
 * ``app.state.settings`` — the :class:`~sepconv.service.settings.Settings` in use.
 * ``app.state.registry`` — the loaded models: ``.get(name, version=None)`` returns the
@@ -11,13 +13,15 @@ It builds the collaborators once, in order, and passes them in: settings -> regi
   .max_batch_size, .config, .providers``...) or raises ``ModelNotFound`` / ``NotFound`` (version) /
   ``ModelNotReady`` / ``InvalidInput``.
 * ``app.state.dataplane`` — what every transport calls; ``app.state.executor`` — the thread pool that runs
-  ``session.run``; ``app.state.in_flight`` — HTTP requests being handled.
+  ``session.run``; ``app.state.in_flight`` — requests being handled (HTTP, and gRPC infer requests);
+  ``app.state.grpc`` — the :class:`~sepconv.service.grpc.server.GrpcServer` while it runs (``.port``), else ``None``.
 Route modules get these through :mod:`sepconv.service.rest.deps`.
 
 Routers: V2 protocol (:mod:`sepconv.service.rest.v2`, its infer routes also reached through
 :mod:`sepconv.service.rest.fastpath`), ``/v1/conv`` (:mod:`sepconv.service.rest.conv`), profiling
 (:mod:`sepconv.service.rest.profiling`), ``/metrics`` and the dashboard at ``/`` (:mod:`sepconv.service.rest.ops`).
-Models load at start-up (lifespan); shutdown lets in-flight requests finish, then unloads.
+Models load at start-up (lifespan), then gRPC starts; shutdown stops gRPC (its RPCs in flight finish), lets
+in-flight HTTP requests finish, then unloads.
 
 Run: ``uvicorn --factory sepconv.service.app:create_app`` (or ``sepconv.service.app:app``, made on first access).
 """
@@ -35,6 +39,7 @@ from fastapi import FastAPI
 
 from sepconv import __version__
 from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.grpc.server import GrpcServer
 from sepconv.service.registry.registry import ModelRegistry
 from sepconv.service.rest import conv as conv_routes
 from sepconv.service.rest import ops, v2
@@ -62,11 +67,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(registry.load_all)
         dataplane.started = True
         log.info("serving %d model version(s) from %s", len(registry.loaded()), registry.root)
+        grpc_server = None
+        if settings.grpc_port:
+            grpc_server = GrpcServer(settings, dataplane, registry, in_flight)
+            await grpc_server.start()
+        app.state.grpc = grpc_server
         try:
             yield
         finally:
             dataplane.stopping = True
             deadline = time.monotonic() + settings.shutdown_grace_s
+            if grpc_server is not None:
+                await grpc_server.stop(grace=max(0.0, deadline - time.monotonic()))
+                app.state.grpc = None
             while in_flight.count > 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(registry.close)
@@ -84,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     app.state.executor = executor
     app.state.in_flight = in_flight
+    app.state.grpc = None
 
     install_error_handlers(app)
     app.include_router(v2.router)

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     repo: Path = Field(Path("models"), description="model repository (Triton layout)")
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = Field(8001, ge=0, le=65535, description="port of the gRPC transport (Triton's "
+                                                             "GRPCInferenceService) on the same host; 0 = no gRPC")
     admin_token: str | None = Field(None, description="bearer token required by repository load/unload")
     max_request_bytes: int = Field(64 * 1024 * 1024, description="largest request body accepted (413 above)")
     max_inflight_bytes: int = Field(256 * 1024 * 1024, description="request bodies handled at once, in bytes "

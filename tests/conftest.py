@@ -4,12 +4,17 @@
   ``export.layers``; input ``input`` FP32 ``[N, 8, 8, 3]`` (NHWC), output ``logits`` FP32 ``[N, 5]``.
 * ``build_multi_io(path)`` — two inputs (FP32, FP16) + INT64, four outputs (FP32, FP16, INT64, BOOL).
 * ``build_strings(path)`` — a BYTES (ONNX string) identity model.
-* ``server`` (session scope) — ``create_app`` over such a repository, run by a real uvicorn on loopback;
-  ``triton`` — an unmodified ``tritonclient.http`` client for it.
+* ``server`` (session scope) — ``create_app`` over such a repository, run by a real uvicorn on loopback, with its
+  gRPC transport on another free port (``server.grpc_hostport``); ``triton`` — an unmodified ``tritonclient.http``
+  client for it, ``triton_grpc`` — an unmodified ``tritonclient.grpc`` one.
+
+Servers the tests make serve no gRPC unless they ask (``SEPCONV_GRPC_PORT`` defaults to 0 here, not 8001: test
+processes running side by side must not fight over one port).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +26,9 @@ from onnx import TensorProto, helper
 
 from sepconv.export import layers as L
 from sepconv.export.graph import GraphBuilder, supported_ir_version
-from tests.serving import running_server
+from tests.serving import free_port, running_server
+
+os.environ.setdefault("SEPCONV_GRPC_PORT", "0")
 
 CNN_SHAPE = (8, 8, 3)
 CNN_CLASSES = 5
@@ -138,10 +145,15 @@ class Server:
     url: str
     app: object
     repo: Path
+    grpc_port: int = 0
 
     @property
     def hostport(self) -> str:
         return self.url.removeprefix("http://")
+
+    @property
+    def grpc_hostport(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
 
 @pytest.fixture(scope="session")
@@ -162,10 +174,11 @@ def server(model_repo: Path):
     from sepconv.service.app import create_app
     from sepconv.service.settings import Settings
 
+    grpc_port = free_port()
     app = create_app(Settings(repo=model_repo, providers="cpu", max_request_bytes=4 * 1024 * 1024,
-                              admin_token=None, access_log=False))
+                              admin_token=None, access_log=False, grpc_port=grpc_port))
     with running_server(app) as url:
-        yield Server(url=url, app=app, repo=model_repo)
+        yield Server(url=url, app=app, repo=model_repo, grpc_port=grpc_port)
 
 
 @pytest.fixture()
@@ -173,5 +186,14 @@ def triton(server: Server):
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(server.hostport)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def triton_grpc(server: Server):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_hostport)
     yield client
     client.close()

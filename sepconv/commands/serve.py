@@ -28,6 +28,8 @@ def serve(
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository [env SEPCONV_REPO]")] = None,
     host: Annotated[str | None, typer.Option("--host", help="bind address (127.0.0.1) [env SEPCONV_HOST]")] = None,
     port: Annotated[int | None, typer.Option("--port", help="port (default 8000) [env SEPCONV_PORT]")] = None,
+    grpc_port: Annotated[int | None, typer.Option(
+        "--grpc-port", help="gRPC port (default 8001; 0 = no gRPC) [env SEPCONV_GRPC_PORT]")] = None,
     providers: Annotated[str | None, typer.Option(
         "--providers", help="auto | cpu | cuda | comma-separated ORT providers [env SEPCONV_PROVIDERS]")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
@@ -38,8 +40,8 @@ def serve(
     from sepconv.service.app import create_app  # noqa: PLC0415
     from sepconv.service.settings import Settings  # noqa: PLC0415
 
-    overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "providers": providers}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "grpc_port": grpc_port,
+                                   "providers": providers}.items() if v is not None}
     settings = Settings(**overrides)
     _configure_logging(log_level)
     if not Path(settings.repo).is_dir():

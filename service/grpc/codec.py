@@ -1,0 +1,178 @@
+"""Triton's ``ModelInferRequest`` / ``ModelInferResponse`` <-> the data plane's request and response objects.
+
+Decoding (:func:`decode_request`) follows Triton's gRPC frontend:
+
+* tensor data comes either in ``raw_input_contents`` — then for every input, in the order of ``inputs``: the
+  little-endian bytes of the tensor (BYTES: per element a uint32 LE length and the bytes, as in REST's binary
+  extension) — or in each input's typed ``contents`` (``bool_contents``, ``int_contents`` for INT8/16/32,
+  ``int64_contents``, ``uint_contents`` for UINT8/16/32, ``uint64_contents``, ``fp32_contents``,
+  ``fp64_contents``, ``bytes_contents``), never both; FP16 (which has no typed field) only raw, as in Triton;
+* requested outputs by name (their ``binary_data`` parameter means nothing over gRPC); the classification
+  extension and shared-memory regions are refused as Triton refuses an argument it cannot use
+  (``InvalidInput`` -> ``INVALID_ARGUMENT``);
+* request parameters become a plain dict.
+
+Encoding (:func:`encode_response`) answers every output in ``raw_output_contents``, as Triton does (tritonclient
+reads either form). Every client mistake raises ``InvalidInput`` with a message naming the tensor; the model
+checks (names, datatypes, shapes, batch) are the data plane's, shared with REST.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
+from sepconv.service.datatypes import V2_TO_NUMPY
+from sepconv.service.errors import InvalidInput
+from sepconv.service.grpc.generated import grpc_service_pb2 as pb
+
+# The BYTES wire form and the shape limits are the REST codec's (one rule for both transports).
+from sepconv.service.rest.codec import MAX_DIM, MAX_RANK, decode_bytes_elements, encode_bytes_elements
+
+# datatype -> the InferTensorContents field that carries it (FP16 and BF16 have none: raw only)
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
+
+
+def _shape(dims: Any, name: str) -> list[int]:
+    shape = list(dims)
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions (at most {MAX_RANK})")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
+    if any(d > MAX_DIM for d in shape) or math.prod(d or 1 for d in shape) > MAX_DIM:
+        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
+    return shape
+
+
+def parameters_dict(params: Any) -> dict[str, Any]:
+    """A protobuf map of ``InferParameter`` (or any message with a ``parameter_choice`` oneof) as a dict."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        which = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, which) if which else None
+    return out
+
+
+def _raw(data: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return decode_bytes_elements(memoryview(data), count, name).reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if len(data) != count * dtype.itemsize:
+        raise InvalidInput(f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
+                           f"raw_input_contents has {len(data)}")
+    arr = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+    return arr if arr.flags.aligned else arr.copy()
+
+
+def _typed(tensor: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    contents = tensor.contents
+    field = CONTENTS_FIELD.get(datatype)
+    given = [f for f in _ALL_FIELDS if len(getattr(contents, f))] if tensor.HasField("contents") else []
+    if field is None:
+        raise InvalidInput(f"input {name!r}: {datatype} data can only be sent in raw_input_contents "
+                           f"(InferTensorContents has no {datatype} field)")
+    if any(f != field for f in given):
+        raise InvalidInput(f"input {name!r}: a {datatype} tensor takes its data in contents.{field}, "
+                           f"not {', '.join(f for f in given if f != field)}")
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, contents.{field} has "
+                           f"{len(values)}")
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    dtype = V2_TO_NUMPY[datatype]
+    if dtype.kind in "iu" and dtype.itemsize < 4:  # carried in a 32-bit field: it must fit the datatype
+        wide = np.fromiter(values, dtype=np.int64, count=count)
+        info = np.iinfo(dtype)
+        if count and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidInput(f"input {name!r}: values out of range for {datatype}")
+        return wide.astype(dtype).reshape(shape)
+    return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+
+
+def decode_request(request: Any) -> InferRequest:
+    """A ``ModelInferRequest`` as the data plane's :class:`InferRequest` (see the module docstring)."""
+    tensors = request.inputs
+    if not tensors:
+        raise InvalidInput("the request has no inputs")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(tensors):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs (when used, it "
+                           "must hold every input's data, in the order of 'inputs')")
+    inputs: list[InputTensor] = []
+    seen: set[str] = set()
+    for i, tensor in enumerate(tensors):
+        name = tensor.name
+        if not name:
+            raise InvalidInput("each input needs a 'name'")
+        if name in seen:
+            raise InvalidInput(f"input {name!r} is given twice")
+        seen.add(name)
+        datatype = tensor.datatype
+        if datatype not in V2_TO_NUMPY:
+            raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}")
+        shape = _shape(tensor.shape, name)
+        if tensor.parameters and any(k.startswith("shared_memory") for k in tensor.parameters):
+            raise InvalidInput(f"input {name!r}: no shared-memory region is registered (shared memory is not "
+                               "supported by this server; send the data in raw_input_contents)")
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {name!r}: contents must not be given when raw_input_contents is used")
+            arr = _raw(raw[i], datatype, shape, name)
+        else:
+            arr = _typed(tensor, datatype, shape, name)
+        inputs.append(InputTensor(name=name, datatype=datatype, shape=shape, array=arr))
+
+    outputs: list[RequestedOutput] | None = None
+    if request.outputs:
+        outputs = []
+        for out in request.outputs:
+            if not out.name:
+                raise InvalidInput("each requested output needs a 'name'")
+            if out.parameters:
+                if "classification" in out.parameters:
+                    raise InvalidInput(f"output {out.name!r}: the classification extension is not supported")
+                if any(k.startswith("shared_memory") for k in out.parameters):
+                    raise InvalidInput(f"output {out.name!r}: no shared-memory region is registered (shared "
+                                       "memory is not supported by this server)")
+            outputs.append(RequestedOutput(name=out.name, binary=True))
+        if len({o.name for o in outputs}) != len(outputs):
+            raise InvalidInput("an output is requested twice")
+    params = parameters_dict(request.parameters) if request.parameters else {}
+    return InferRequest(id=request.id or None, inputs=inputs, outputs=outputs, binary_output=True,
+                        parameters=params)
+
+
+def encode_response(response: InferResponse) -> Any:
+    """The data plane's :class:`InferResponse` as a ``ModelInferResponse``, every output raw."""
+    message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
+                                    id=response.id or "")
+    raw = message.raw_output_contents
+    for out in response.outputs:
+        arr = out.array
+        tensor = message.outputs.add()
+        tensor.name = out.name
+        tensor.datatype = out.datatype
+        tensor.shape.extend(arr.shape)
+        if out.datatype == "BYTES":
+            raw.append(encode_bytes_elements(arr))
+        else:
+            raw.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    return message

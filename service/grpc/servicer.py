@@ -1,0 +1,242 @@
+"""Triton's ``inference.GRPCInferenceService``: each RPC is one :class:`~sepconv.service.dataplane.dataplane.DataPlane`
+call plus the protobuf conversion, as each REST route is (:mod:`sepconv.service.rest.v2`).
+
+* health and metadata: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata;
+* ModelInfer: a :class:`GrpcInfer` (the ``InferCall`` of this transport: :mod:`sepconv.service.grpc.codec`) handed
+  to ``DataPlane.infer`` — the same scheduler, statistics and metrics as REST, so requests of both transports
+  batch together;
+* ModelStreamInfer: requests read as they come and run concurrently (they batch too); responses are written in
+  the order of the requests; a failed request becomes that response's ``error_message`` and the stream goes on;
+* ModelConfig, ModelStatistics (the REST JSON objects are the protobufs' JSON mapping: ``json_format`` converts),
+  RepositoryIndex / RepositoryModelLoad / RepositoryModelUnload (admin check: ``DataPlane.authorize`` with the
+  ``authorization: Bearer <token>`` metadata), LogSettings;
+* shared memory and trace settings answer ``UNIMPLEMENTED`` with a message (DESIGN.md).
+
+Typed errors become gRPC status codes in :mod:`sepconv.service.grpc.errors` (the :func:`~.errors.rpc` decorator).
+Every infer request counts in the server's in-flight tracker shared with REST: ``alone`` (the scheduler may then
+run it inline) means no other request of either transport is being handled, and shutdown waits for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import json_format
+
+from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.dataplane.types import InferRequest, InferResponse
+from sepconv.service.errors import NotFound, ServiceError
+from sepconv.service.grpc import codec
+from sepconv.service.grpc.errors import message_of, rpc
+from sepconv.service.grpc.generated import grpc_service_pb2 as pb
+from sepconv.service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from sepconv.service.grpc.generated import model_config_pb2
+
+log = logging.getLogger("sepconv.grpc")
+
+# requests of one stream being decoded/queued/run at once; the stream stops reading past it (flow control)
+STREAM_WINDOW = 64
+
+
+class Tracker(Protocol):
+    """Requests being handled by the server, every transport together (REST's ``InFlight``)."""
+
+    count: int
+
+
+class GrpcInfer:
+    """One ``ModelInferRequest``, for :meth:`DataPlane.infer` (an ``InferCall``)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+    async def decode(self) -> InferRequest:
+        return codec.decode_request(self.request)
+
+    def encode(self, response: InferResponse) -> Any:
+        return codec.encode_response(response)
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The token of ``authorization: Bearer <token>`` metadata; ``None`` when there is none."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _setting(value: Any) -> pb.LogSettingsResponse.SettingValue:
+    if isinstance(value, bool):
+        return pb.LogSettingsResponse.SettingValue(bool_param=value)
+    if isinstance(value, int):
+        return pb.LogSettingsResponse.SettingValue(uint32_param=value)
+    return pb.LogSettingsResponse.SettingValue(string_param=str(value))
+
+
+async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, in_flight: Tracker) -> None:
+        self.dataplane = dataplane
+        self.in_flight = in_flight
+
+    # -- health and metadata -------------------------------------------------------------------------
+    @rpc
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @rpc
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @rpc
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # as Triton: an unknown model (or version) is simply not ready; a malformed version is an error
+        try:
+            state = self.dataplane.model_ready(request.name, request.version or None)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=state.ready)
+
+    @rpc
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+
+    @rpc
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
+        tensors = lambda key: [pb.ModelMetadataResponse.TensorMetadata(  # noqa: E731
+            name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta[key]]
+        return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                                        inputs=tensors("inputs"), outputs=tensors("outputs"))
+
+    @rpc
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        config = self.dataplane.model_config(request.name, request.version or None)
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig(),
+                                                                   ignore_unknown_fields=True))
+
+    @rpc
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        stats = self.dataplane.statistics(request.name or None, request.version or None)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+    # -- inference -----------------------------------------------------------------------------------
+    @rpc
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        tracker = self.in_flight
+        tracker.count += 1
+        try:
+            return await self.dataplane.infer(request.model_name, request.model_version or None,
+                                              GrpcInfer(request), alone=tracker.count <= 1)
+        finally:
+            tracker.count -= 1
+
+    async def _stream_one(self, request: Any) -> Any:
+        tracker = self.in_flight
+        tracker.count += 1
+        try:
+            response = await self.dataplane.infer(request.model_name, request.model_version or None,
+                                                  GrpcInfer(request), alone=tracker.count <= 1)
+            return pb.ModelStreamInferResponse(infer_response=response)
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its response, the stream goes on
+            if not isinstance(exc, ServiceError):
+                log.exception("unexpected error in a ModelStreamInfer request")
+            return pb.ModelStreamInferResponse(error_message=message_of(exc), infer_response=pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id))
+        finally:
+            tracker.count -= 1
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Read requests while earlier ones run; answer each in the order it came."""
+        pending: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        failure: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request)))
+            except Exception as exc:  # noqa: BLE001 - the call is broken (cancelled, message too large...)
+                failure.append(exc)
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task := await pending.get()) is not None:
+                response = await task
+                window.release()
+                yield response
+            if failure and not isinstance(failure[0], asyncio.CancelledError):
+                raise failure[0]
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                task = pending.get_nowait()
+                if task is not None:
+                    task.cancel()
+
+    # -- repository ------------------------------------------------------------------------------------
+    @rpc
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rows = self.dataplane.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(
+            name=r["name"], version=r.get("version", ""), state=str(r["state"]), reason=r.get("reason", ""))
+            for r in rows])
+
+    @rpc
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.dataplane.authorize(bearer_token(context))
+        params = codec.parameters_dict(request.parameters) if request.parameters else None
+        await self.dataplane.load(request.model_name, params)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.dataplane.authorize(bearer_token(context))
+        await self.dataplane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- logging -----------------------------------------------------------------------------------------
+    @rpc
+    async def LogSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        changes = codec.parameters_dict(request.settings)
+        settings = self.dataplane.set_log_settings(changes) if changes else self.dataplane.log_settings()
+        return pb.LogSettingsResponse(settings={k: _setting(v) for k, v in settings.items()})
+
+    # -- not offered: UNIMPLEMENTED with a message ----------------------------------------------------------
+    async def TraceSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "tracing is not supported by this server; use POST "
+                                                          "/v1/models/{m}/profile for per-layer timings")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "system shared memory")
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "system shared memory")
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "system shared memory")
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "CUDA shared memory")
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "CUDA shared memory")
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "CUDA shared memory")
