@@ -1,7 +1,7 @@
-"""Helpers of the deployment tests: compose interpolation and nginx config rendering.
+"""Helpers of the deployment tests: compose interpolation, nginx config rendering, `sepconv serve` processes.
 
-Kept apart from the tests so that both test modules derive their nginx configs from the repository's
-template the same way.
+Kept apart from the tests so that every test module derives its nginx configs from the repository's template
+the same way, and starts and stops real servers the same way.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "nginx.conf"
@@ -111,3 +114,29 @@ def nginx_command(conf: Path, prefix: Path, *args: str) -> list[str]:
 
 def nginx_test(conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(nginx_command(conf, prefix, "-t"), capture_output=True, text=True, timeout=60)
+
+
+def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    """Wait until ``url`` answers 200; fail early (with the log's tail) if ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it does not exit within 20 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
