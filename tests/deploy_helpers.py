@@ -61,30 +61,37 @@ def nginx_binary() -> str | None:
     return None
 
 
-def render_nginx_conf(upstreams: Sequence[str], listen: str, prefix: Path,
-                      server_params: str | None = None) -> str:
-    """The repository's nginx.conf with only the environment-specific lines replaced.
-
-    ``upstreams`` (``host:port``) replace the server lines between the ``upstream-servers`` markers
-    (keeping their parameters: max_fails, fail_timeout, unless ``server_params`` is given), ``listen``
-    replaces the listen address, and the log and temp paths move under ``prefix`` (so nginx needs
-    neither root nor the system's /var/log, /var/lib/nginx). Everything else is the template verbatim.
-    """
-    text = NGINX_TEMPLATE.read_text()
-    block = re.search(r"(?P<indent>[ \t]*)# upstream-servers-begin\n(?P<body>.*?)[ \t]*# upstream-servers-end",
-                      text, re.S)
+def _replace_servers(text: str, marker: str, upstreams: Sequence[str], server_params: str | None) -> str:
+    block = re.search(rf"(?P<indent>[ \t]*)# {marker}-begin\n(?P<body>.*?)[ \t]*# {marker}-end", text, re.S)
     if block is None:
-        raise ValueError(f"{NGINX_TEMPLATE}: no upstream-servers-begin/end markers")
+        raise ValueError(f"{NGINX_TEMPLATE}: no {marker}-begin/end markers")
     original = re.search(r"server\s+\S+\s*(?P<params>[^;]*);", block["body"])
     if original is None:
-        raise ValueError(f"{NGINX_TEMPLATE}: no server line between the markers")
+        raise ValueError(f"{NGINX_TEMPLATE}: no server line between the {marker} markers")
     params = original["params"] if server_params is None else server_params
-    indent = block["indent"]
-    servers = "".join(f"{indent}server {u} {params};\n" for u in upstreams)
-    text = text[:block.start("body")] + servers + text[block.end("body"):]
-    text, n = re.subn(r"^(\s*)listen\s+[^;]+;", rf"\g<1>listen {listen};", text, count=1, flags=re.M)
+    servers = "".join(f"{block['indent']}server {u} {params};\n" for u in upstreams)
+    return text[:block.start("body")] + servers + text[block.end("body"):]
+
+
+def render_nginx_conf(upstreams: Sequence[str], listen: str, prefix: Path, server_params: str | None = None, *,
+                      grpc_upstreams: Sequence[str], grpc_listen: str) -> str:
+    """The repository's nginx.conf with only the environment-specific lines replaced.
+
+    ``upstreams`` / ``grpc_upstreams`` (``host:port``) replace the server lines between the ``upstream-servers``
+    / ``grpc-upstream-servers`` markers (keeping their parameters: max_fails, fail_timeout, unless
+    ``server_params`` is given), ``listen`` / ``grpc_listen`` replace the REST and the gRPC (``http2``) listen
+    addresses, and the log and temp paths move under ``prefix`` (so nginx needs neither root nor the system's
+    /var/log, /var/lib/nginx). Everything else is the template verbatim.
+    """
+    text = NGINX_TEMPLATE.read_text()
+    text = _replace_servers(text, "upstream-servers", upstreams, server_params)
+    text = _replace_servers(text, "grpc-upstream-servers", grpc_upstreams, server_params)
+    text, n = re.subn(r"^(\s*)listen\s+(?![^;]*\bhttp2\b)[^;]+;", rf"\g<1>listen {listen};", text, count=1, flags=re.M)
     if n != 1:
-        raise ValueError(f"{NGINX_TEMPLATE}: no listen directive")
+        raise ValueError(f"{NGINX_TEMPLATE}: no REST listen directive")
+    text, n = re.subn(r"^(\s*)listen\s+\S+\s+http2;", rf"\g<1>listen {grpc_listen} http2;", text, count=1, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{NGINX_TEMPLATE}: no gRPC (http2) listen directive")
     text = re.sub(r"access_log\s+/\S+", f"access_log {prefix / 'access.log'}", text)
     temp_paths = "".join(f"    {kind}_temp_path {prefix / kind};\n"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
