@@ -42,7 +42,7 @@ from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.grpc.server import GrpcServer
 from sepconv.service.registry.registry import ModelRegistry
 from sepconv.service.rest import conv as conv_routes
-from sepconv.service.rest import ops, v2
+from sepconv.service.rest import docs, ops, v2
 from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.rest.fastpath import InferFastPath
@@ -70,7 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         grpc_server = None
         if settings.grpc_port:
             grpc_server = GrpcServer(settings, dataplane, registry, in_flight)
-            await grpc_server.start()
+            try:
+                await grpc_server.start()
+            except BaseException:  # e.g. the port is taken: the start-up fails, leaving nothing loaded
+                await asyncio.to_thread(registry.close)
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
         app.state.grpc = grpc_server
         try:
             yield
@@ -91,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="MobileNet-style networks on ONNX Runtime: KServe V2 inference, TF-exact convolutions, "
                     "per-layer profiling.",
         lifespan=lifespan,
+        docs_url=None,  # /docs with local assets: sepconv.service.rest.docs
+        redoc_url=None,  # ReDoc is CDN-only
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -106,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(conv_routes.router)
     app.include_router(profiling_routes.router)
     app.include_router(ops.router)
+    docs.install(app)
 
     app.add_middleware(InferFastPath, fastapi_app=app)  # inside ServiceMiddleware (added last = outermost)
     app.add_middleware(ServiceMiddleware, max_request_bytes=settings.max_request_bytes,

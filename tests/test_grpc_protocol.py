@@ -176,7 +176,7 @@ def test_stream_answers_in_order_and_errors_per_request(triton_grpc, server) -> 
                 triton_grpc.async_stream_infer("tiny", [bad], request_id="bad")
             if i == 8:
                 triton_grpc.async_stream_infer("no_such_model", [infer_input("input", x, "FP32")], request_id="nm")
-            triton_grpc.async_stream_infer("tiny_cfg", [infer_input("input", x, "FP32")], request_id=f"s{i}")
+            triton_grpc.async_stream_infer("tiny", [infer_input("input", x, "FP32")], request_id=f"s{i}")
         answers = [got.get(timeout=30) for _ in range(len(xs) + 2)]
     finally:
         triton_grpc.stop_stream()
@@ -191,7 +191,7 @@ def test_stream_answers_in_order_and_errors_per_request(triton_grpc, server) -> 
     assert "unknown model" in ids[9] and ids[10:] == [f"s{i}" for i in range(8, 12)]
     ok = [r for r, e in answers if e is None]
     for i, result in enumerate(ok):
-        want = reference(server, "tiny_cfg", "3", {"input": xs[i]})["logits"]
+        want = reference(server, "tiny", "1", {"input": xs[i]})["logits"]
         np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-5, atol=1e-6)
 
 
