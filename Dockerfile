@@ -1,7 +1,7 @@
 # sepconv — CPU image: ONNX Runtime (CPU) serving the default model repository over KServe V2.
 #
 #   docker build -t sepconv .
-#   docker run --rm -p 8000:8000 sepconv
+#   docker run --rm -p 8000:8000 -p 8001:8001 sepconv     # REST on 8000, gRPC on 8001
 #   curl localhost:8000/v2/health/ready
 #
 # Models are exported from models/catalog.toml at build time into /app/models; mount your own Triton-layout
@@ -78,15 +78,18 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONDONTWRITEBYTECODE=1 \
     SEPCONV_HOST=0.0.0.0 \
     SEPCONV_PORT=8000 \
+    SEPCONV_GRPC_PORT=8001 \
     SEPCONV_REPO=/app/models \
     SEPCONV_PROVIDERS=cpu \
     SEPCONV_TRACE_DIR=/tmp/sepconv-traces
 
 USER 10001:10001
-EXPOSE 8000
+# 8000: REST (KServe V2 + Triton extensions); 8001: gRPC (Triton's GRPCInferenceService, grpc.health.v1)
+EXPOSE 8000 8001
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "/app/healthcheck.py"]
 
-# The shell form keeps SEPCONV_HOST / SEPCONV_PORT / SEPCONV_REPO overridable with `-e`.
-CMD ["/bin/sh", "-c", "exec sepconv serve --host \"$SEPCONV_HOST\" --port \"$SEPCONV_PORT\" --repo \"$SEPCONV_REPO\""]
+# The shell form keeps SEPCONV_HOST / SEPCONV_PORT / SEPCONV_GRPC_PORT (0: no gRPC) / SEPCONV_REPO overridable
+# with `-e`.
+CMD ["/bin/sh", "-c", "exec sepconv serve --host \"$SEPCONV_HOST\" --port \"$SEPCONV_PORT\" --grpc-port \"$SEPCONV_GRPC_PORT\" --repo \"$SEPCONV_REPO\""]

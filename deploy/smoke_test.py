@@ -1,13 +1,16 @@
 """Smoke test of a running sepconv server (a container, a compose stack, a Kubernetes Service).
 
-    python deploy/smoke_test.py http://127.0.0.1:8000 [--model NAME] [--models-dir DIR]
+    python deploy/smoke_test.py http://127.0.0.1:8000 [--model NAME] [--models-dir DIR] [--grpc 127.0.0.1:8001]
 
 Waits for nothing: the server must already be ready. Checks /v2/health/ready, picks a model from the
 repository index (the one with the smallest model file when --models-dir is given), asks for its V2
 metadata, sends one KServe V2 inference request (JSON tensors, batch 1, seeded random input) and checks
 the answer: the declared output shape, finite values and — with --models-dir holding the same repository
 the server loaded and onnxruntime importable here — equality (within float rounding) to an in-process
-ONNX Runtime run of the same model file. Exit status 0 when all checks pass. Standard library + numpy.
+ONNX Runtime run of the same model file. With --grpc HOST:PORT it then checks the gRPC side of the same server:
+``grpc.health.v1.Health/Check`` for the server (service "") and for the model, and the same request through
+Triton's ``GRPCInferenceService/ModelInfer`` (the unmodified ``tritonclient.grpc`` client), whose answer must equal
+the REST one. Exit status 0 when all checks pass. Standard library + numpy (+ tritonclient[grpc] for --grpc).
 """
 
 from __future__ import annotations
@@ -80,7 +83,42 @@ def concrete(shape: list[int]) -> list[int]:
     return [1 if int(d) < 0 else int(d) for d in shape]
 
 
-def run(url: str, model: str | None, models_dir: Path | None, seed: int) -> dict[str, Any]:
+def grpc_check(target: str, model: str, x: np.ndarray, rest_y: np.ndarray, input_name: str, output_name: str,
+               datatype: str) -> dict[str, Any]:
+    """grpc.health.v1 Check (server and model) and one ModelInfer whose answer must equal the REST one."""
+    import grpc  # noqa: PLC0415
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", model):
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+            if status != health_pb2.HealthCheckResponse.SERVING:
+                raise SmokeError(f"grpc.health.v1 Check({service!r}) on {target}: {status}")
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        if not client.is_server_ready() or not client.is_model_ready(model):
+            raise SmokeError(f"gRPC {target}: server or model {model} not ready")
+        inp = grpcclient.InferInput(input_name, list(x.shape), datatype)
+        inp.set_data_from_numpy(x)
+        started = time.perf_counter()
+        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(output_name)])
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        y = result.as_numpy(output_name)
+    finally:
+        client.close()
+    if y is None or y.shape != rest_y.shape:
+        raise SmokeError(f"gRPC output shape {None if y is None else y.shape}, REST gave {rest_y.shape}")
+    err = float(np.max(np.abs(y.astype(np.float64) - rest_y.astype(np.float64))))
+    if err > 1e-5 * max(1.0, float(np.max(np.abs(rest_y)))):
+        raise SmokeError(f"gRPC and REST answers differ: max abs err {err:g}")
+    return {"grpc": target, "grpc_health": "SERVING", "grpc_infer_ms": round(elapsed_ms, 1),
+            "grpc_max_abs_err_vs_rest": err}
+
+
+def run(url: str, model: str | None, models_dir: Path | None, seed: int,
+        grpc_target: str | None = None) -> dict[str, Any]:
     url = url.rstrip("/")
     status, _ = http("GET", f"{url}/v2/health/ready")
     if status != 200:
@@ -116,6 +154,8 @@ def run(url: str, model: str | None, models_dir: Path | None, seed: int) -> dict
     providers = (meta.get("parameters") or {}).get("execution_providers")
     if providers:
         report["execution_providers"] = providers
+    if grpc_target is not None:
+        report.update(grpc_check(grpc_target, model, x, y, inp["name"], out_meta["name"], inp["datatype"]))
     if models_dir is not None:
         path = model_file(models_dir, model, version or (meta.get("versions") or [None])[-1])
         if path is None:
@@ -141,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model to query (default: from the repository index)")
     parser.add_argument("--models-dir", type=Path, help="the repository the server loaded, to compare outputs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grpc", metavar="HOST:PORT", help="also check the gRPC side (health, one ModelInfer)")
     args = parser.parse_args(argv)
     try:
-        report = run(args.url, args.model, args.models_dir, args.seed)
-    except (SmokeError, OSError, KeyError, ValueError) as exc:
+        report = run(args.url, args.model, args.models_dir, args.seed, args.grpc)
+    except Exception as exc:  # noqa: BLE001 - any failure (HTTP, gRPC, a missing key) fails the smoke test
         print(f"smoke test FAILED: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report))

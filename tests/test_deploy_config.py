@@ -1,4 +1,7 @@
-"""Static checks of the deployment files: compose schema, Kubernetes schemas, nginx -t, Dockerfiles.
+"""Static checks of the deployment files: compose schema, Kubernetes schemas, KServe CRD schemas, nginx -t, Dockerfiles.
+
+Every artefact serves REST on 8000 and gRPC on 8001 (Triton's GRPCInferenceService, grpc.health.v1); the checks
+below hold each of them to that.
 
 The container itself is built and run by scripts/container-test (buildah; root only), the replicas
 behind nginx by tests/test_deploy_scale.py.
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import lzma
 import os
 import shutil
 import stat
@@ -31,6 +35,8 @@ from tests.deploy_helpers import (
 
 COMPOSE_SCHEMA = ROOT / "tests" / "fixtures" / "compose" / "compose_spec.json"
 K8S_DIR = ROOT / "deploy" / "k8s"
+KSERVE_FILE = ROOT / "deploy" / "kserve" / "inferenceservice.yaml"
+KSERVE_SCHEMAS = ROOT / "tests" / "fixtures" / "kserve"
 K8S_VERSION = "1.30.0"
 
 
@@ -72,7 +78,8 @@ def test_compose_services_are_wired_as_documented():
     # default service: no profile, published, health-checked through the image's python health check
     default = services["sepconv"]
     assert "profiles" not in default
-    assert default["ports"] == ["8000:8000"]
+    assert default["ports"] == ["8000:8000", "8001:8001"]  # REST, gRPC
+    assert default["environment"]["SEPCONV_GRPC_PORT"] == "8001" and set(default["expose"]) == {"8000", "8001"}
     assert default["healthcheck"]["test"] == ["CMD", "python3", "/app/healthcheck.py"]
     assert "models:/app/models" in default["volumes"] and "models" in doc["volumes"]
     assert default["environment"]["SEPCONV_HOST"] == "0.0.0.0"
@@ -82,6 +89,8 @@ def test_compose_services_are_wired_as_documented():
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["environment"]["SEPCONV_PROVIDERS"] == "auto"
+    assert gpu["ports"] == ["8002:8000", "8003:8001"]  # beside the default service's 8000/8001
+    assert gpu["environment"]["SEPCONV_GRPC_PORT"] == "8001"
     # scale profile: N replicas behind nginx running the repository's config
     assert services["replica"]["profiles"] == ["scale"] and services["replica"]["deploy"]["replicas"] == 4
     # the replicas share one trace folder (a named volume), so trace_url works through the balancer
@@ -93,6 +102,7 @@ def test_compose_services_are_wired_as_documented():
     assert lb["profiles"] == ["scale"]
     assert lb["depends_on"]["replica"]["condition"] == "service_healthy"
     assert "./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro" in lb["volumes"]
+    assert lb["ports"] == ["8080:8080", "8081:8081"]  # REST and gRPC (HTTP/2) listeners of nginx.conf
     # every file the compose file points at exists
     for service in services.values():
         build = service.get("build")
@@ -102,8 +112,10 @@ def test_compose_services_are_wired_as_documented():
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (ROOT / source).exists(), source
-    # the nginx upstream names the replica service on the port the image listens on
-    assert "server replica:8000 " in NGINX_TEMPLATE.read_text()
+    # the nginx upstreams name the replica service on the ports the image listens on, REST and gRPC
+    nginx = NGINX_TEMPLATE.read_text()
+    assert "server replica:8000 " in nginx and "server replica:8001 " in nginx
+    assert "listen 8080;" in nginx and "listen 8081 http2;" in nginx
 
 
 # -- Kubernetes -----------------------------------------------------------------------------------------
@@ -125,7 +137,12 @@ def test_kubernetes_manifests_validate_against_the_api_schemas():
             pytest.fail(f"{name}: {exc}")
     # the validator really rejects a broken manifest
     deployment = copy.deepcopy(next(d for _, d in docs if d["kind"] == "Deployment"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = [8000]
+    deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["httpGet"]["port"] = [8000]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    # ... and a grpc probe on a named port (the kubelet's grpc probe takes a number only)
+    deployment = copy.deepcopy(next(d for _, d in docs if d["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
@@ -134,20 +151,122 @@ def test_kubernetes_deployment_probes_security_and_autoscaling():
     docs = {d["kind"]: d for _, d in k8s_documents()}
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # readiness: the kubelet's grpc probe (grpc.health.v1 Check, service "" = the server's readiness) on the
+    # container's gRPC port; liveness and startup on REST
+    assert container["readinessProbe"]["grpc"].get("service", "") == ""
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert port_names == {"http": 8000}
+    assert port_names == {"http": 8000, "grpc": 8001}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SEPCONV_PORT"] == "8000" and env["SEPCONV_GRPC_PORT"] == "8001"
+    assert container["readinessProbe"]["grpc"]["port"] == port_names["grpc"]
     service = docs["Service"]
     assert service["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert service_ports == {"http": (8000, "http"), "grpc": (8001, "grpc")}
+    (grpc_port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port["appProtocol"] == "kubernetes.io/h2c"
     hpa = docs["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+
+
+# -- KServe ---------------------------------------------------------------------------------------------------
+def kserve_documents() -> dict[str, dict]:
+    return {d["kind"]: d for d in yaml.safe_load_all(KSERVE_FILE.read_text()) if d}
+
+
+def strict(schema: object) -> object:
+    """A CRD's structural schema with unknown fields refused (as ``kubectl apply --validate=strict`` does):
+    ``additionalProperties: false`` wherever properties are listed and unknown fields are not preserved."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields") \
+            and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def kserve_validator(kind: str):
+    jsonschema = pytest.importorskip("jsonschema")
+    name = {"InferenceService": "inferenceservice_v1beta1", "ServingRuntime": "servingruntime_v1alpha1"}[kind]
+    schema = json.loads(lzma.open(KSERVE_SCHEMAS / f"{name}_schema.json.xz").read())
+    # OpenAPI v3 structural schemas are JSON Schema draft 4 plus x-kubernetes-* keywords (ignored here)
+    return jsonschema.Draft4Validator(strict(schema))
+
+
+def kserve_errors(doc: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in kserve_validator(doc["kind"]).iter_errors(doc)]
+
+
+def test_kserve_manifests_validate_against_the_published_crd_schemas():
+    docs = kserve_documents()
+    assert set(docs) == {"ServingRuntime", "InferenceService"}
+    assert docs["InferenceService"]["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert docs["ServingRuntime"]["apiVersion"] == "serving.kserve.io/v1alpha1"
+    for doc in docs.values():
+        assert kserve_errors(doc) == [], doc["kind"]
+    # the strict schemas do catch mistakes: a misspelt field, a value outside an enum, a wrong type
+    isvc = copy.deepcopy(docs["InferenceService"])
+    isvc["spec"]["predictor"]["minReplica"] = 1
+    assert kserve_errors(isvc)
+    isvc = copy.deepcopy(docs["InferenceService"])
+    isvc["spec"]["predictor"]["scaleMetric"] = "latency"
+    assert kserve_errors(isvc)
+    runtime = copy.deepcopy(docs["ServingRuntime"])
+    runtime["spec"]["containers"][0]["ports"][1]["containerPort"] = "8001"
+    assert kserve_errors(runtime)
+
+
+def test_kserve_runtime_pod_validates_against_the_kubernetes_schemas():
+    """The runtime's containers and volumes make a valid Pod (probes included), by Kubernetes' own schemas."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    spec = kserve_documents()["ServingRuntime"]["spec"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sepconv-runtime"},
+           "spec": {"containers": spec["containers"], "volumes": spec.get("volumes", [])}}
+    try:
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(str(exc))
+
+
+def test_kserve_inferenceservice_is_wired_as_documented():
+    docs = kserve_documents()
+    runtime, isvc = docs["ServingRuntime"], docs["InferenceService"]
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    # the predictor runs our runtime with the Open Inference Protocol (V2)
+    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] == "v2"
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
+    (container,) = runtime["spec"]["containers"]
+    assert container["name"] == "kserve-container"
+    # REST first (KServe exposes the first port on the Service's port 80), gRPC named h2c (appProtocol h2c)
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http1", 8000), ("h2c", 8001)]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SEPCONV_PORT"] == "8000" and env["SEPCONV_GRPC_PORT"] == "8001"
+    assert container["readinessProbe"]["grpc"]["port"] == 8001
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    # two ports need KServe's raw (Standard) mode; HPA autoscaling on CPU
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] in {"RawDeployment", "Standard"}
+    assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    assert predictor["scaleMetric"] == "cpu" and 0 < predictor["scaleTarget"] <= 100
+    # the same image as the plain Kubernetes Deployment
+    deployment = {d["kind"]: d for _, d in k8s_documents()}["Deployment"]
+    assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 # -- nginx -------------------------------------------------------------------------------------------------
@@ -162,13 +281,18 @@ def test_nginx_config_passes_nginx_t(prefix: Path):
     if nginx_binary() is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
     conf = prefix / "nginx.conf"
-    conf.write_text(render_nginx_conf(["127.0.0.1:8000"], "127.0.0.1:8080", prefix))
+    conf.write_text(render_nginx_conf(["127.0.0.1:8000"], "127.0.0.1:8080", prefix,
+                                      grpc_upstreams=["127.0.0.1:8001"], grpc_listen="127.0.0.1:8081"))
+    good = conf.read_text()
     result = nginx_test(conf, prefix)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
-    # and nginx -t does reject a broken edit of the same template
-    conf.write_text(conf.read_text().replace("proxy_next_upstream error", "proxy_next_upstream eror"))
-    assert nginx_test(conf, prefix).returncode != 0
+    # and nginx -t does reject a broken edit of the same template, in the REST and in the gRPC block
+    for before, after in (("proxy_next_upstream error", "proxy_next_upstream eror"),
+                          ("grpc_next_upstream error", "grpc_next_upstream eror"),
+                          ("grpc_pass grpc://", "grpc_pass grpcx://")):
+        conf.write_text(good.replace(before, after))
+        assert nginx_test(conf, prefix).returncode != 0, after
 
 
 def test_nginx_config_retries_and_passive_health_checks():
@@ -177,6 +301,9 @@ def test_nginx_config_retries_and_passive_health_checks():
     assert "max_fails=" in text and "fail_timeout=" in text
     assert "client_max_body_size 128m;" in text
     assert "proxy_pass http://sepconv;" in text
+    # gRPC: HTTP/2 listener, grpc_pass to the replicas' gRPC port, the same retry policy
+    assert "listen 8081 http2;" in text and "grpc_pass grpc://sepconv_grpc;" in text
+    assert "grpc_next_upstream error timeout non_idempotent;" in text
 
 
 # -- Dockerfiles -------------------------------------------------------------------------------------------
@@ -196,7 +323,7 @@ def test_dockerfile_parses_and_has_the_runtime_contract(name: str):
     kinds = [c.cmd for c in runtime]
     (user,) = [c for c in runtime if c.cmd == "USER"]
     assert user.value[0].split(":")[0] not in ("0", "root")
-    assert [c.value for c in runtime if c.cmd == "EXPOSE"] == [("8000",)]
+    assert [c.value for c in runtime if c.cmd == "EXPOSE"] == [("8000", "8001")]  # REST, gRPC
     (health,) = [c for c in runtime if c.cmd == "HEALTHCHECK"]
     assert health.value[0] == "CMD" and health.value[1:] == ("python3", "/app/healthcheck.py")
     env = {}
@@ -204,10 +331,12 @@ def test_dockerfile_parses_and_has_the_runtime_contract(name: str):
         if c.cmd == "ENV":
             env.update(zip(c.value[::2], c.value[1::2], strict=True))
     assert env["SEPCONV_HOST"] == "0.0.0.0" and env["SEPCONV_PORT"] == "8000"
+    assert env["SEPCONV_GRPC_PORT"] == "8001"
     assert env["SEPCONV_REPO"] == "/app/models"
     assert kinds.index("USER") < kinds.index("CMD")
     (cmd,) = [c for c in runtime if c.cmd == "CMD"]
     assert "sepconv serve" in " ".join(cmd.value)
+    assert '--grpc-port "$SEPCONV_GRPC_PORT"' in " ".join(cmd.value)
     # models are exported from the catalog in the build and copied into the runtime stage
     builder_runs = " ".join(" ".join(c.value) for c in commands[:commands.index(froms[-1])] if c.cmd == "RUN")
     assert "sepconv export --catalog models/catalog.toml" in builder_runs

@@ -1,5 +1,8 @@
 """Scale-out without Docker: three `sepconv serve` processes behind a real nginx running the repo's config.
 
+REST goes through the config's HTTP server block, gRPC (Triton's GRPCInferenceService, grpc.health.v1, a
+ModelStreamInfer stream) through its HTTP/2 server block (`grpc_pass`), with the unmodified tritonclient.grpc.
+
 nginx (Debian package) runs deploy/nginx/nginx.conf with only the upstream server lines, the listen
 address and the log/temp paths substituted (tests/deploy_helpers.render_nginx_conf). The test checks
 that requests spread over all three replicas (each replica's own /v2/models/{m}/stats), and that
@@ -27,7 +30,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.deploy_helpers import ROOT, nginx_binary, nginx_command, nginx_prefix, render_nginx_conf
+from tests.deploy_helpers import ROOT, nginx_binary, nginx_command, nginx_prefix, render_nginx_conf, stop, wait_http
 from tests.serving import free_port
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (apt-get install nginx-light)")
@@ -39,35 +42,12 @@ REPLICAS = 3
 @dataclass
 class Replica:
     port: int
+    grpc_port: int
     process: subprocess.Popen
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:4]} exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +62,8 @@ def model_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(model_repo: Path, tmp_path_factory) -> Iterator[tuple[str, list[Replica], Path]]:
-    """Three replicas and nginx in front of them; yields (nginx URL, replicas, nginx access log)."""
+def cluster(model_repo: Path, tmp_path_factory) -> Iterator[tuple[str, list[Replica], Path, str]]:
+    """Three replicas and nginx in front of them; yields (nginx URL, replicas, nginx access log, nginx gRPC address)."""
     logs = tmp_path_factory.mktemp("logs")
     # one trace folder for all replicas, as the compose `scale` profile shares the `traces` volume
     env = {**os.environ, "SEPCONV_INTRA_OP_THREADS": "1", "SEPCONV_INTER_OP_THREADS": "1",
@@ -93,24 +73,25 @@ def cluster(model_repo: Path, tmp_path_factory) -> Iterator[tuple[str, list[Repl
     nginx: subprocess.Popen | None = None
     try:
         for i in range(REPLICAS):
-            port = free_port()
+            port, grpc_port = free_port(), free_port()
             log = logs / f"replica{i}.log"
             process = subprocess.Popen(
                 [sys.executable, "-m", "sepconv", "serve", "--repo", str(model_repo), "--host", "127.0.0.1",
-                 "--port", str(port), "--log-level", "warning"],
+                 "--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning"],
                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-            replicas.append(Replica(port, process))
+            replicas.append(Replica(port, grpc_port, process))
         for i, r in enumerate(replicas):
             wait_http(f"{r.url}/v2/health/ready", r.process, logs / f"replica{i}.log")
 
-        lb_port = free_port()
+        lb_port, lb_grpc_port = free_port(), free_port()
         conf = prefix / "nginx.conf"
         conf.write_text(render_nginx_conf([f"127.0.0.1:{r.port}" for r in replicas], f"127.0.0.1:{lb_port}",
-                                          prefix))
+                                          prefix, grpc_upstreams=[f"127.0.0.1:{r.grpc_port}" for r in replicas],
+                                          grpc_listen=f"127.0.0.1:{lb_grpc_port}"))
         nginx = subprocess.Popen(nginx_command(conf, prefix), stdout=subprocess.DEVNULL,
                                  stderr=(prefix / "stderr.log").open("w"))
         wait_http(f"http://127.0.0.1:{lb_port}/nginx-health", nginx, prefix / "error.log", timeout=30)
-        yield f"http://127.0.0.1:{lb_port}", replicas, prefix / "access.log"
+        yield f"http://127.0.0.1:{lb_port}", replicas, prefix / "access.log", f"127.0.0.1:{lb_grpc_port}"
     finally:
         if nginx is not None:
             stop(nginx)
@@ -153,7 +134,7 @@ def inference_count(replica: Replica) -> int:
 
 
 def test_requests_spread_over_all_replicas(cluster, reference):
-    url, replicas, _ = cluster
+    url, replicas, _, _ = cluster
     before = [inference_count(r) for r in replicas]
     n = 30
     with httpx.Client() as client:
@@ -168,7 +149,7 @@ def test_requests_spread_over_all_replicas(cluster, reference):
 
 def test_smoke_test_script_through_nginx(cluster, model_repo):
     """deploy/smoke_test.py (what scripts/container-test and the docs use) passes through the balancer."""
-    url, _, _ = cluster
+    url, _, _, _ = cluster
     result = subprocess.run([sys.executable, str(ROOT / "deploy" / "smoke_test.py"), url, "--models-dir",
                              str(model_repo)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -178,7 +159,7 @@ def test_smoke_test_script_through_nginx(cluster, model_repo):
 def test_profile_trace_url_through_nginx(cluster):
     """A profile asked through the balancer names the balancer (Host keeps its port) in ``trace_url``, and the
     trace downloads whichever replica answers the download (the replicas share their trace folder)."""
-    url, _, access_log = cluster
+    url, _, access_log, _ = cluster
     with httpx.Client(timeout=120.0) as client:
         response = client.post(f"{url}/v1/models/{MODEL}/profile", json={"runs": 1, "warmup": 0})
         assert response.status_code == 200, response.text
@@ -194,9 +175,70 @@ def test_profile_trace_url_through_nginx(cluster):
     assert len(served_by) > 1, served_by
 
 
+def test_grpc_through_nginx_spreads_and_matches_onnxruntime(cluster, reference):
+    """The balancer's gRPC block (``listen ... http2`` + ``grpc_pass``): grpc.health.v1 and unary ModelInfer reach
+    every replica, and each answer equals ONNX Runtime's."""
+    grpc = pytest.importorskip("grpc")
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    _, replicas, _, target = cluster
+    replicas = [r for r in replicas if r.process.poll() is None]  # (run before the replica-killing test)
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", MODEL):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unknown:  # the replica's NOT_FOUND comes through the balancer
+            stub.Check(health_pb2.HealthCheckRequest(service="absent"), timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    before = [inference_count(r) for r in replicas]
+    n = 30
+    # a new client (new HTTP/2 connection) per request: nginx balances connections' requests with least_conn
+    for i in range(n):
+        client = grpcclient.InferenceServerClient(target)
+        try:
+            x = request_input(i)
+            inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            y = client.infer(MODEL, [inp]).as_numpy("logits")
+        finally:
+            client.close()
+        np.testing.assert_allclose(y, reference(x), rtol=1e-5, atol=1e-5)
+    served = [inference_count(r) - b for r, b in zip(replicas, before, strict=True)]
+    assert sum(served) == n
+    assert sum(s > 0 for s in served) >= 2, f"gRPC requests were not balanced: {served}"
+
+
+def test_grpc_stream_through_nginx(cluster, reference):
+    """ModelStreamInfer through the balancer: one HTTP/2 stream, every response in order and correct."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    import queue  # noqa: PLC0415
+
+    _, _, _, target = cluster
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        n = 8
+        for i in range(n):
+            x = request_input(100 + i)
+            inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            client.async_stream_infer(MODEL, [inp], request_id=str(i))
+        got = [answers.get(timeout=60) for _ in range(n)]
+        client.stop_stream()
+    finally:
+        client.close()
+    for i, (result, error) in enumerate(got):
+        assert error is None, error
+        assert result.get_response().id == str(i)
+        np.testing.assert_allclose(result.as_numpy("logits"), reference(request_input(100 + i)), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.reliability
 def test_killing_a_replica_mid_run_loses_no_request(cluster, reference):
-    url, replicas, access_log = cluster
+    url, replicas, access_log, _ = cluster
     victim = replicas[0]
     survivors = replicas[1:]
     before = [inference_count(r) for r in survivors]
@@ -243,4 +285,5 @@ def test_killing_a_replica_mid_run_loses_no_request(cluster, reference):
     retried = [line for line in access_log.read_text().splitlines()
                if f"upstream={victim_addr}, " in line and " 200 " in line]
     assert retried, "no request was retried away from the killed replica"
+
 
