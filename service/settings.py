@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     profile_max_warmup: int = Field(100, description="largest warm-up run count one profile may ask for")
     profile_max_gmacs: float = Field(2000.0, description="largest compute one profile may cost, in billions of "
                                                          "multiply-adds (per image x batch x all runs); 413 above")
+    sweep_max_variants: int = Field(24, description="most variants one POST /v1/profile/sweep may measure (413 above)")
+    sweep_cache_size: int = Field(16, description="built sweep variants kept in memory (LRU; never written into "
+                                                  "the served repository)")
+    job_keep_seconds: float = Field(600.0, description="how long a finished profile/sweep job's result is kept")
 
     # -- classification (/v1/models/{m}/classify) ----------------------------------------------
     classify_max_bytes: int = Field(20 * 1024 * 1024, description="largest image file accepted (413 above)")

@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from sepconv.commands import classify, export, profile, serve, summary
+from sepconv.commands import classify, export, profile, serve, summary, sweep
 
-COMMANDS = (summary, export, serve, profile, classify)
+COMMANDS = (summary, export, serve, profile, sweep, classify)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 CSV_FIELDS = ("name", "kind", "op_type", "output_shape", "params", "macs", "time_us_p50", "time_us_p90", "percent",
-              "gmacs_per_s", "fused_into")
+              "gmacs_per_s", "bytes", "arithmetic_intensity", "bound", "roof_percent", "fused_into")
 
 
 class ProfileError(Exception):
@@ -68,16 +68,20 @@ def layers_table(result: dict[str, Any], top: int | None = None) -> Table:
     table = Table(title=title, header_style="bold")
     for col, justify in (("layer", "left"), ("kind", "left"), ("op", "left"), ("output", "left"),
                          ("params", "right"), ("MACs", "right"), ("p50 µs", "right"), ("p90 µs", "right"),
-                         ("%", "right"), ("GMAC/s", "right")):
+                         ("%", "right"), ("GMAC/s", "right"), ("bytes", "right"), ("MAC/B", "right"),
+                         ("bound", "left"), ("roof %", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     if any(r.get("fused_into") for r in rows):
         table.caption = "A → B: ONNX Runtime fused layer A into B; A's time is counted in B's row"
     for r in rows:
         name = r["name"] + (f" → {r['fused_into']}" if r.get("fused_into") else "")
-        g = r.get("gmacs_per_s")
+        g, roof = r.get("gmacs_per_s"), r.get("roof_percent")
+        intensity = r.get("arithmetic_intensity")
         table.add_row(name, r["kind"], r.get("op_type", ""), "x".join(str(d) for d in r.get("output_shape", [])),
                       _fmt_int(r["params"]), _fmt_int(r["macs"]), f"{r['time_us']['p50']:.1f}",
-                      f"{r['time_us']['p90']:.1f}", f"{r['percent']:.1f}", "-" if g is None else f"{g:.2f}")
+                      f"{r['time_us']['p90']:.1f}", f"{r['percent']:.1f}", "-" if g is None else f"{g:.2f}",
+                      _fmt_int(r.get("bytes")), "-" if not intensity else f"{intensity:.2f}",
+                      r.get("bound", "-") if r.get("macs") else "-", "-" if roof is None else f"{roof:.1f}")
     return table
 
 
@@ -109,6 +113,8 @@ def _write_rows(result: dict[str, Any], f: Any) -> None:
             "output_shape": "x".join(str(d) for d in r.get("output_shape", [])), "params": r["params"],
             "macs": r["macs"], "time_us_p50": r["time_us"]["p50"], "time_us_p90": r["time_us"]["p90"],
             "percent": r["percent"], "gmacs_per_s": "" if r.get("gmacs_per_s") is None else r["gmacs_per_s"],
+            "bytes": r.get("bytes", ""), "arithmetic_intensity": r.get("arithmetic_intensity", ""),
+            "bound": r.get("bound", ""), "roof_percent": "" if r.get("roof_percent") is None else r["roof_percent"],
             "fused_into": r.get("fused_into", ""),
         })
 
@@ -166,6 +172,14 @@ def register(app: typer.Typer) -> None:
         gap = result.get("gap_percent")
         out.print(f"summed layer time {result.get('layer_sum_ms', 0):.3f} ms vs end-to-end p50 "
                   f"{result['e2e_ms']['p50']:.3f} ms (gap {'-' if gap is None else f'{gap:+.1f}'}%)")
+        roof, corr = result.get("roofline"), result.get("time_correction")
+        if corr:
+            out.print(f"layer times: {corr['method']} (tracing cost {corr['tracing_cost_us_per_node']} µs/node, "
+                      f"traced sum {corr['traced_layer_sum_ms']:.3f} ms, scale {corr['scale']})")
+        if roof:
+            out.print(f"roofline: peak {roof['peak_gmacs_per_s']:.1f} GMAC/s, bandwidth "
+                      f"{roof['bandwidth_gb_per_s']:.1f} GB/s, ridge {roof.get('ridge_macs_per_byte', 0):.2f} "
+                      "MACs/byte (measured on the server)")
         if result.get("trace_url"):
             out.print(f"trace (Perfetto / chrome://tracing): {result['trace_url']}")
         else:

@@ -35,20 +35,27 @@ class ProfileGate:
         elapsed = time.monotonic() - self._started
         return max(1, int(round(self._last_duration - elapsed + 0.5)))
 
-    @contextmanager
-    def hold(self, what: str) -> Iterator[None]:
+    def acquire(self, what: str) -> None:
+        """Take the gate or raise :class:`Busy`; :meth:`release` (from any thread: a job's) gives it back."""
         if not self._lock.acquire(blocking=False):
             seconds = self.retry_after()
             raise Busy(f"a profile is already running on this server ({self.running}); retry in about {seconds} s",
                        retry_after=seconds)
         self._started = time.monotonic()
         self.running = what
+
+    def release(self) -> None:
+        self._last_duration = max(1.0, time.monotonic() - self._started)
+        self.running = None
+        self._lock.release()
+
+    @contextmanager
+    def hold(self, what: str) -> Iterator[None]:
+        self.acquire(what)
         try:
             yield
         finally:
-            self._last_duration = max(1.0, time.monotonic() - self._started)
-            self.running = None
-            self._lock.release()
+            self.release()
 
 
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")

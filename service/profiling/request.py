@@ -240,3 +240,98 @@ def plan_conv_profile(req: ConvProfileRequest, settings: Settings) -> ConvProfil
     return ConvProfilePlan(input_shape=shape, kernel=(kh, kw), filters=req.filters,
                            depth_multiplier=req.depth_multiplier, geometry=geometry, out_hw=(ho, wo), runs=req.runs,
                            warmup=req.warmup, session=SessionSpec(with_threads(settings, req.threads), provider, "all"))
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/profile/sweep
+# --------------------------------------------------------------------------------------------
+class SweepRequest(BaseModel):
+    """The body of ``POST /v1/profile/sweep`` (strict types, unknown fields refused)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    arch: str = Field(..., description="an architecture of the exporter's registry (e.g. mobilenet_v2)")
+    alphas: list[float] = Field(..., description="width multipliers to build")
+    resolutions: list[int] = Field(..., description="input resolutions to build")
+    precisions: list[str] = Field(["fp32"], description="fp32 | fp16 | int8 (int8: calibrated on synthetic images)")
+    batch_size: int = Field(1, description="images per run")
+    runs: int = Field(20, description="timed runs per variant")
+    warmup: int = Field(5, description="untimed runs first, per variant")
+    provider: str = Field("cpu", description="cpu | cuda")
+    threads: int | None = Field(None, description="intra-op threads (default: the server's)")
+    budget_ms: float | None = Field(None, description="latency budget: best_under_budget is the largest-MACs "
+                                                      "variant whose p50 fits it")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of a sweep, with the exporter's accounting (``sepconv summary``'s total_params and macs)."""
+
+    alpha: float
+    resolution: int
+    precision: str
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep: the variants in request order (precision, then alpha, then resolution)."""
+
+    arch: str
+    variants: tuple[Variant, ...]
+    batch_size: int
+    runs: int
+    warmup: int
+    budget_ms: float | None
+    session: SessionSpec  # graph optimisation "all", as served
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+
+def plan_sweep(req: SweepRequest, settings: Settings) -> SweepPlan:
+    """Validate ``req``: 400 for an unknown arch / alpha / resolution / precision or a bound, 413 over the variant
+    count (``sweep_max_variants``) or the compute budget (``profile_max_gmacs``, all variants' runs summed)."""
+    from sepconv.export.graph import layer_totals  # noqa: PLC0415
+    from sepconv.export.networks import network_layers  # noqa: PLC0415 - the exporter, only for a sweep
+    from sepconv.export.precision import check_precision  # noqa: PLC0415
+
+    check_runs(req.runs, req.warmup, settings)
+    if req.batch_size < 1 or req.batch_size > settings.profile_max_batch:
+        raise InvalidInput(f"batch_size must be between 1 and {settings.profile_max_batch}, got {req.batch_size}")
+    if not req.alphas or not req.resolutions or not req.precisions:
+        raise InvalidInput("alphas, resolutions and precisions must each name at least one value")
+    if req.budget_ms is not None and not req.budget_ms > 0:
+        raise InvalidInput(f"budget_ms must be a positive number of milliseconds, got {req.budget_ms}")
+    count = len(set(req.alphas)) * len(set(req.resolutions)) * len(set(req.precisions))
+    if count > settings.sweep_max_variants:
+        raise TooLarge(f"this sweep has {count} variants; this server measures at most {settings.sweep_max_variants} "
+                       "per sweep")
+    provider = check_provider(req.provider, req.threads)
+    precisions = []
+    for p in dict.fromkeys(req.precisions):
+        try:
+            precisions.append(check_precision(p))
+        except ExportError as exc:
+            raise InvalidInput(str(exc)) from None
+    variants = []
+    for precision in precisions:
+        for alpha in dict.fromkeys(req.alphas):
+            for resolution in dict.fromkeys(req.resolutions):
+                try:
+                    config, layers = network_layers(req.arch, alpha=alpha, resolution=resolution)
+                except ExportError as exc:
+                    raise InvalidInput(str(exc)) from None
+                totals = layer_totals(layers)
+                variants.append(Variant(config.alpha, config.resolution, precision, int(totals["total_params"]),
+                                        int(totals["macs"])))
+    gmacs = sum(v.macs for v in variants) * req.batch_size * (req.runs + req.warmup) / 1e9
+    if gmacs > settings.profile_max_gmacs:
+        raise TooLarge(f"this sweep would cost {gmacs:,.0f} G multiply-adds ({len(variants)} variants x batch "
+                       f"{req.batch_size} x {req.runs + req.warmup} runs); this server allows "
+                       f"{settings.profile_max_gmacs:,.0f} G: ask for fewer variants, runs or a smaller batch")
+    spec = SessionSpec(with_threads(settings, req.threads), provider, "all")
+    return SweepPlan(arch=req.arch, variants=tuple(variants), batch_size=req.batch_size, runs=req.runs,
+                     warmup=req.warmup, budget_ms=req.budget_ms, session=spec)
