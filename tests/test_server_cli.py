@@ -52,3 +52,15 @@ def test_sepconv_serve_flags_env_access_log_and_sigterm(model_repo: Path) -> Non
     assert ready and ready[0]["status"] == 200 and ready[0]["route"] == "/v2/models/{model_name}/ready"
     assert any(r["status"] == 401 for r in lines)
     assert b"serving" in err  # the start-up log line
+
+
+def test_bad_settings_are_one_line_errors_not_tracebacks(model_repo: Path) -> None:
+    """A flag or a SEPCONV_* variable out of range: exit 2 with the field named, and no Python traceback."""
+    cases = [(["--model-control", "bogus"], {}, "model_control"),
+             ([], {"SEPCONV_GRPC_PORT": "99999"}, "grpc_port")]
+    for args, env, field in cases:
+        r = subprocess.run([sys.executable, "-m", "sepconv", "serve", "--repo", str(model_repo),
+                            "--port", str(free_port()), *args], cwd=ROOT, env={**os.environ, **env},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert f"error: {field}:" in r.stderr and "Traceback" not in r.stderr

@@ -42,11 +42,19 @@ def serve(
 
     from sepconv.service.app import create_app  # noqa: PLC0415
     from sepconv.service.rest.transport import uvicorn_config  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
+
     from sepconv.service.settings import Settings, admin_problem  # noqa: PLC0415
 
     overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "grpc_port": grpc_port,
                                    "providers": providers, "model_control": model_control}.items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # a flag or a SEPCONV_* variable out of its range: one line each, no traceback
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+            typer.echo(f"error: {field}: {err.get('msg', 'invalid value')} (got {err.get('input')!r})", err=True)
+        raise typer.Exit(2) from None
     problem = admin_problem(settings)
     if problem:
         typer.echo(f"error: {problem}", err=True)
