@@ -39,11 +39,10 @@ def serve(
 ) -> None:
     """Serve the models of a repository over the KServe V2 protocol (and /v1 conv + profiling routes)."""
     import uvicorn  # noqa: PLC0415
+    from pydantic import ValidationError  # noqa: PLC0415
 
     from sepconv.service.app import create_app  # noqa: PLC0415
     from sepconv.service.rest.transport import uvicorn_config  # noqa: PLC0415
-    from pydantic import ValidationError  # noqa: PLC0415
-
     from sepconv.service.settings import Settings, admin_problem  # noqa: PLC0415
 
     overrides = {k: v for k, v in {"repo": repo, "host": host, "port": port, "grpc_port": grpc_port,
