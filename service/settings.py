@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     port: int = 8000
     grpc_port: int = Field(8001, ge=0, le=65535, description="port of the gRPC transport (Triton's "
                                                              "GRPCInferenceService) on the same host; 0 = no gRPC")
+    grpc_max_concurrent_rpcs: int = Field(256, ge=1, description="gRPC calls (unary or open streams) handled at "
+                                                                  "once; past it RESOURCE_EXHAUSTED (bounds the "
+                                                                  "memory of messages held: this x max_request_bytes)")
+    grpc_max_streams_per_connection: int = Field(64, ge=1, description="concurrent HTTP/2 streams one gRPC "
+                                                                       "connection may open")
+    grpc_max_idle_s: float = Field(300.0, gt=0, description="a gRPC connection with no call for this long is closed "
+                                                            "(GOAWAY)")
     admin_token: str | None = Field(None, description="bearer token required by repository load/unload and log "
                                                       "changes (model control 'explicit')")
     max_request_bytes: int = Field(64 * 1024 * 1024, description="largest request body accepted (413 above)")

@@ -321,3 +321,34 @@ def test_codec_fp16_only_raw_and_parameters() -> None:
     bad.inputs.add(name="h", datatype="FP16", shape=[1, 2]).contents.fp32_contents.extend([0.5, -2.0])
     with pytest.raises(InvalidInput, match="raw_input_contents"):
         codec.decode_request(bad)
+
+
+def test_concurrent_calls_are_capped_with_resource_exhausted(model_repo: Path) -> None:
+    """More gRPC calls than ``grpc_max_concurrent_rpcs`` at once: the extra call is answered RESOURCE_EXHAUSTED at
+    once (memory held by messages stays bounded), and once the open calls end the server serves again."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    from sepconv.service.grpc.generated import grpc_service_pb2_grpc as pb_grpc  # noqa: PLC0415
+
+    port = free_port()
+    app = create_app(Settings(repo=model_repo, providers="cpu", access_log=False, grpc_port=port,
+                              grpc_max_concurrent_rpcs=2))
+    with running_server(app), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(2)]
+        for w in watches:  # two calls open on the server (each has answered its first status)
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ServerLive(pb.ServerLiveRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for w in watches:
+            w.cancel()
+        deadline = time.monotonic() + 10
+        while True:  # the cancelled calls leave the server's count shortly after
+            try:
+                assert stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                time.sleep(0.05)

@@ -127,8 +127,13 @@ class GrpcServer:
             ("grpc.max_receive_message_length", int(self.settings.max_request_bytes)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+            ("grpc.max_concurrent_streams", int(self.settings.grpc_max_streams_per_connection)),
+            ("grpc.max_connection_idle_ms", int(self.settings.grpc_max_idle_s * 1000)),
         ]
-        server = grpc.aio.server(options=options)
+        # Past maximum_concurrent_rpcs a call is answered RESOURCE_EXHAUSTED at once: the messages held in memory
+        # are bounded by it times max_request_bytes (the receive limit above).
+        server = grpc.aio.server(options=options,
+                                 maximum_concurrent_rpcs=int(self.settings.grpc_max_concurrent_rpcs))
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane, self.in_flight),
                                                            server)
         self.health = ModelHealth(self.dataplane)
