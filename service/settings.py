@@ -38,6 +38,9 @@ class Settings(BaseSettings):
                                                       "image (max_batch_size stays the ceiling)")
     run_threads: int = Field(0, description="threads running session.run for all models (0 = automatic)")
     load_at_startup: bool = Field(True, description="load every model of the repository at start-up")
+    shared_memory: Literal["local", "any", "off"] = Field(
+        "local", description="Triton's system shared-memory extension: 'local' = only clients on this host "
+                             "(loopback peers) may register regions, 'any' = every client, 'off' = refused")
     strict_readiness: bool = Field(False, description="/v2/health/ready only when every model loaded (Triton's "
                                                        "--strict-readiness); otherwise once start-up is done")
     access_log: bool = Field(True, description="one structured (JSON) log line per request")

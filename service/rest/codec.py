@@ -17,15 +17,24 @@ from __future__ import annotations
 
 import base64
 import math
-import struct
 from typing import Any
 
 import numpy as np
 import orjson
 
+from sepconv.service.dataplane.shm import SharedMemoryRegistry, tensor_ref
+from sepconv.service.dataplane.tensors import (
+    decode_bytes_elements,
+    encode_bytes_elements,
+    shm_input,
+    tensor_bytes,
+)
 from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from sepconv.service.datatypes import V2_TO_NUMPY, element_size
-from sepconv.service.errors import InvalidInput, NotSupported
+from sepconv.service.errors import InvalidInput
+
+__all__ = ["MAX_DIM", "MAX_RANK", "decode_bytes_elements", "encode_bytes_elements", "encode_infer_response",
+           "parse_infer_request"]
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 
@@ -58,35 +67,6 @@ def _bool_param(params: dict[str, Any], key: str, where: str) -> bool | None:
     if not isinstance(value, bool):
         raise _bad(f"{where}: parameter {key!r} must be true or false")
     return value
-
-
-def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
-    """Triton's BYTES binary form: per element a uint32 LE length and the bytes."""
-    items: list[bytes] = []
-    pos, size = 0, len(buf)
-    for _ in range(count):
-        if pos + 4 > size:
-            raise _bad(f"input {name!r}: BYTES data ends inside an element length")
-        (n,) = struct.unpack_from("<I", buf, pos)
-        pos += 4
-        if pos + n > size:
-            raise _bad(f"input {name!r}: BYTES element of {n} bytes runs past the data")
-        items.append(bytes(buf[pos:pos + n]))
-        pos += n
-    if pos != size:
-        raise _bad(f"input {name!r}: {size - pos} bytes left over after {count} BYTES elements")
-    arr = np.empty(count, dtype=object)
-    arr[:] = items
-    return arr
-
-
-def encode_bytes_elements(arr: np.ndarray) -> bytes:
-    parts = []
-    for item in arr.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(struct.pack("<I", len(b)))
-        parts.append(b)
-    return b"".join(parts)
 
 
 def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
@@ -156,8 +136,9 @@ def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
     return arr.reshape(shape)
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Decode a V2 infer body (JSON or JSON + binary tensors)."""
+def parse_infer_request(body: bytes, header_length: int | None,
+                        shm: SharedMemoryRegistry | None = None) -> InferRequest:
+    """Decode a V2 infer body (JSON or JSON + binary tensors; tensors in the regions of ``shm``)."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise _bad(f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes")
@@ -198,10 +179,15 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         iparams = raw.get("parameters") or {}
         if not isinstance(iparams, dict):
             raise _bad(f"input {name!r}: 'parameters' must be an object")
-        if "shared_memory_region" in iparams:
-            raise NotSupported(f"input {name!r}: shared-memory inputs are not supported by this server")
+        ref = tensor_ref(iparams, f"input {name!r}")
         size = iparams.get("binary_data_size")
-        if size is not None:
+        if ref is not None:
+            if "data" in raw or size is not None:
+                raise _bad(f"input {name!r}: give either 'data', binary_data_size or a shared-memory region")
+            if shm is None:
+                raise _bad(f"input {name!r}: Unable to find shared memory region: {ref.region!r}")
+            arr = shm_input(shm, ref, datatype, shape, name)
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
             if "data" in raw:
@@ -243,20 +229,27 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
             oparams = raw.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise _bad(f"output {raw['name']!r}: 'parameters' must be an object")
-            if "shared_memory_region" in oparams:
-                if "classification" in oparams:
-                    raise _bad(f"output {raw['name']!r}: can't set both 'shared_memory_region' and 'classification'")
-                raise NotSupported(f"output {raw['name']!r}: shared-memory outputs are not supported by this server")
+            if "shared_memory_region" in oparams and "classification" in oparams:
+                raise _bad(f"output {raw['name']!r}: can't set both 'shared_memory_region' and 'classification'")
+            oref = tensor_ref(oparams, f"output {raw['name']!r}")
             classes = oparams.get("classification", 0)
             if isinstance(classes, bool) or not isinstance(classes, int) or not 0 <= classes < 2**32:
                 raise _bad(f"output {raw['name']!r}: 'classification' must be a non-negative integer (the number of "
                            f"classes to return), got {classes!r}")
             b = _bool_param(oparams, "binary_data", f"output {raw['name']!r}")
             outputs.append(RequestedOutput(name=raw["name"], binary=binary_output if b is None else b,
-                                           classification=classes))
+                                           classification=classes, shm=oref))
         if len({o.name for o in outputs}) != len(outputs):
             raise _bad("an output is requested twice")
     return InferRequest(id=req_id, inputs=inputs, outputs=outputs, binary_output=binary_output, parameters=params)
+
+
+def shm_parameters(ref: Any) -> dict[str, Any]:
+    """An output's parameters when it went into shared memory (as the request gave them)."""
+    params: dict[str, Any] = {"shared_memory_region": ref.region, "shared_memory_byte_size": ref.byte_size}
+    if ref.offset:
+        params["shared_memory_offset"] = ref.offset
+    return params
 
 
 def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
@@ -266,11 +259,10 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     for out in response.outputs:
         name, datatype, arr, binary = out.name, out.datatype, out.array, out.binary
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if binary:
-            if datatype == "BYTES":
-                blob = encode_bytes_elements(arr)
-            else:
-                blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        if out.shm is not None:  # written into the region by the data plane
+            entry["parameters"] = shm_parameters(out.shm)
+        elif binary:
+            blob = tensor_bytes(arr, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype == "BYTES":
