@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from sepconv.service.datatypes import V2_TO_NUMPY, element_size
 from sepconv.service.errors import InvalidInput
 
 __all__ = ["MAX_DIM", "MAX_RANK", "decode_bytes_elements", "encode_bytes_elements", "encode_infer_response",
-           "parse_infer_request"]
+           "json_data", "parse_infer_request", "request_from_header"]
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 
@@ -69,7 +70,7 @@ def _bool_param(params: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
         flat = data
@@ -149,6 +150,16 @@ def parse_infer_request(body: bytes, header_length: int | None,
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
         raise _bad(f"malformed JSON in the inference request: {exc}") from exc
+    return request_from_header(header, binary, shm, json_data)
+
+
+DataDecoder = Callable[[Any, str, list[int], str], np.ndarray]
+
+
+def request_from_header(header: Any, binary: memoryview, shm: SharedMemoryRegistry | None,
+                        json_data: DataDecoder) -> InferRequest:
+    """The request a parsed JSON header describes (``binary``: the bytes after it); ``json_data`` decodes an
+    input's ``data`` (the plain decoder, or :mod:`sepconv.service.rest.jsonfast`'s)."""
     if not isinstance(header, dict):
         raise _bad("the inference request must be a JSON object")
     params = header.get("parameters") or {}
@@ -209,7 +220,7 @@ def parse_infer_request(body: bytes, header_length: int | None,
                 if not arr.flags.aligned:
                     arr = arr.copy()
         elif "data" in raw:
-            arr = _json_data(raw["data"], datatype, shape, name)
+            arr = json_data(raw["data"], datatype, shape, name)
         else:
             raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
         inputs.append(InputTensor(name=name, datatype=datatype, shape=shape, array=arr))
@@ -244,14 +255,6 @@ def parse_infer_request(body: bytes, header_length: int | None,
     return InferRequest(id=req_id, inputs=inputs, outputs=outputs, binary_output=binary_output, parameters=params)
 
 
-def shm_parameters(ref: Any) -> dict[str, Any]:
-    """An output's parameters when it went into shared memory (as the request gave them)."""
-    params: dict[str, Any] = {"shared_memory_region": ref.region, "shared_memory_byte_size": ref.byte_size}
-    if ref.offset:
-        params["shared_memory_offset"] = ref.offset
-    return params
-
-
 def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     """(body, header_length) — header_length is None when the body is all JSON (no output asked for binary)."""
     out_json: list[dict[str, Any]] = []
@@ -259,8 +262,8 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     for out in response.outputs:
         name, datatype, arr, binary = out.name, out.datatype, out.array, out.binary
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if out.shm is not None:  # written into the region by the data plane
-            entry["parameters"] = shm_parameters(out.shm)
+        if out.shm is not None:
+            pass  # written into its region by the data plane: name, datatype and shape only, as Triton answers
         elif binary:
             blob = tensor_bytes(arr, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}

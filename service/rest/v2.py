@@ -29,7 +29,7 @@ from sepconv.service.dataplane.shm import SharedMemoryRegistry
 from sepconv.service.dataplane.types import InferRequest, InferResponse
 from sepconv.service.errors import InvalidInput
 from sepconv.service.rest import body as bodies
-from sepconv.service.rest import deps
+from sepconv.service.rest import deps, jsonfast
 from sepconv.service.rest.codec import encode_infer_response, parse_infer_request
 from sepconv.service.settings import Settings
 
@@ -152,6 +152,9 @@ class RestInfer:
             except ValueError as exc:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not an integer") from exc
         s = self.settings
+        fast = jsonfast.parse(body, hl, self.shm, s.json_max_elements, s.json_max_containers)
+        if fast is not None:  # a JSON body decoded into typed buffers (the same request the reference gives)
+            return fast
         bodies.check_structure(body if hl is None else body[:max(hl, 0)], s.json_max_elements, s.json_max_containers)
         return parse_infer_request(body, hl, self.shm)
 
