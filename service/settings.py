@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     enable_mem_pattern: bool = True
     allow_spinning: bool = Field(False, description="ORT intra-op threads busy-wait for work between ops; off by "
                                                     "default: a server shares its cores with the event loop")
+    inline_spinning: bool = Field(True, description="a second session per CPU model, with ORT's spinning on, runs "
+                                                   "the requests the server handles alone (ORT-default speed for "
+                                                   "a lone client; concurrent runs keep the non-spinning session)")
     arena_extend_strategy: str = Field("kNextPowerOfTwo", description="CUDA arena: kNextPowerOfTwo | kSameAsRequested")
     cuda_device_id: int = 0
     cuda_use_tf32: bool = Field(False, description="let cuDNN/cuBLAS use TF32 tensor cores for FP32 convolutions "
