@@ -1,7 +1,7 @@
 """Server overhead and throughput against in-process ONNX Runtime, in one run (issue 4's goals).
 
     .venv/bin/python bench/serve.py [--model mobilenet_v2_1.0_224] [--rounds 4] [--requests 15] [--seconds 4]
-                                    [--versus OTHER_CHECKOUT]
+                                    [--versus OTHER_CHECKOUT] [--mlserver VENV]
 
 * exports the catalog's ``mobilenet_v2_1.0_224`` (catalog config: max_batch_size 16, dynamic batching) into a
   temporary repository (or copies ``models/NAME`` when it is there), starts ``sepconv serve`` on it in a
@@ -22,12 +22,21 @@
   a prebuilt 4 KB ``ModelInferResponse``), both called with one prebuilt request through a plain stub (sync
   channel: the same client work for both); and in-process ONNX Runtime with its DEFAULT session options
   (``ort.InferenceSession(path)``, what a user gets), sampled in the same rounds as the REST figures;
+* issue 13: the REST transport floor (a bare uvicorn + httptools + uvloop ASGI app, a subprocess, that reads the
+  same binary body and answers 4 KB), the server with Triton's system shared memory (the client copies the image
+  into a /dev/shm region, sends a request naming it, reads the logits from another region), the simdjson decode
+  floor (parse + ``as_buffer`` + cast: no Python object per number), ORT-defaults sequential throughput, and with
+  ``--mlserver VENV`` MLServer's JSON p50 on the same ONNX file (a minimal runtime class, from a venv of its own);
 * prints the figures and the ratios against the goals:
   binary p50 <= 1.10 x in-process p50; (JSON p50 - in-process p50) <= 1.25 x decode floor;
   throughput at concurrency 16 >= 1.1 x in-process sequential;
-  (gRPC p50 - default-ORT p50) <= 1.25 x gRPC transport floor p50.
+  (gRPC p50 - default-ORT p50) <= 1.25 x gRPC transport floor p50;
+  issue 13: (binary p50 - default-ORT p50) <= 1.25 x REST floor; shared-memory p50 <= 1.10 x default-ORT p50;
+  (JSON p50 - default-ORT p50) <= 1.25 x simdjson floor; JSON p50 <= 0.55 x MLServer JSON p50;
+  throughput at concurrency 16 >= 1.1 x default-ORT sequential.
 
     .venv/bin/python bench/serve.py --grpc-floor PORT   # (internal) the bare servicer, as the bench starts it
+    .venv/bin/python bench/serve.py --rest-floor PORT   # (internal) the bare ASGI app, as the bench starts it
 """
 
 from __future__ import annotations
@@ -186,6 +195,131 @@ def grpc_floor_server(port: int) -> None:
     uvloop.run(serve())
 
 
+def rest_floor_server(port: int) -> None:
+    """The REST transport floor: a bare ASGI app under uvicorn (httptools + uvloop, as the server) that reads the
+    whole body and answers FLOOR_OUTPUT bytes as a binary V2 response would; no other work."""
+    import uvicorn
+
+    header = orjson.dumps({"model_name": "floor", "model_version": "1", "outputs": [
+        {"name": "logits", "datatype": "FP32", "shape": [1, FLOOR_OUTPUT // 4],
+         "parameters": {"binary_data_size": FLOOR_OUTPUT}}]})
+    body = header + bytes(FLOOR_OUTPUT)
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode()),
+               (b"inference-header-content-length", str(len(header)).encode())]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning",
+                lifespan="off")
+
+
+MLSERVER_RUNTIME = '''
+import numpy as np
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxModel(MLModel):
+    """What a user writes to serve an ONNX file with MLServer: one session with ORT's defaults."""
+
+    async def load(self) -> bool:
+        self.session = ort.InferenceSession(self.settings.parameters.uri)
+        self.input_name = self.session.get_inputs()[0].name
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
+        (logits,) = self.session.run(None, {self.input_name: x})
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("logits", logits)])
+'''
+
+
+def start_mlserver(venv: Path, model_path: Path, model: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """MLServer (its own venv: a bench-only dependency) serving the same ONNX file through a minimal runtime."""
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    root = workdir / "mlserver"
+    (root / model).mkdir(parents=True)
+    (root / "onnx_runtime.py").write_text(MLSERVER_RUNTIME)
+    (root / "settings.json").write_text(orjson.dumps({"http_port": port, "grpc_port": grpc_port,
+                                                      "metrics_port": metrics_port, "host": "127.0.0.1",
+                                                      "parallel_workers": 0}).decode())
+    (root / model / "model-settings.json").write_text(orjson.dumps({
+        "name": model, "implementation": "onnx_runtime.OnnxModel",
+        "parameters": {"uri": str(model_path)}}).decode())
+    proc = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(root)], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, port
+
+
+def simdjson_floor(body: bytes) -> float:
+    """The JSON decode floor: simdjson parses the body and copies the numbers into a buffer (no Python object per
+    number), cast to FP32 — what the server's JSON fast path does, minus its checks."""
+    import simdjson
+
+    parser = simdjson.Parser()
+    t = time.perf_counter()
+    doc = parser.parse(body)
+    data = doc["inputs"][0]["data"]
+    arr = np.frombuffer(data.as_buffer(of_type="d"), np.float64).astype(np.float32)
+    dt = time.perf_counter() - t
+    del data, doc
+    assert arr.size
+    return dt
+
+
+class ShmPair:
+    """An input and an output region in /dev/shm, mapped here (the client's side) and registered with the server."""
+
+    def __init__(self, conn_port: int, nbytes_in: int, nbytes_out: int) -> None:
+        import mmap
+
+        self.names = [f"sepconv-bench-{os.getpid()}-in", f"sepconv-bench-{os.getpid()}-out"]
+        self.maps = []
+        for name, size in zip(self.names, (nbytes_in, nbytes_out), strict=True):
+            fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(fd, size)
+            self.maps.append(mmap.mmap(fd, size))
+            os.close(fd)
+        c = http.client.HTTPConnection("127.0.0.1", conn_port, timeout=10)
+        for region, name, size in (("bench_in", self.names[0], nbytes_in), ("bench_out", self.names[1], nbytes_out)):
+            c.request("POST", f"/v2/systemsharedmemory/region/{region}/register",
+                      orjson.dumps({"key": "/" + name, "offset": 0, "byte_size": size}))
+            response = c.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        c.close()
+        self.input = np.frombuffer(self.maps[0], np.uint8)
+        self.output = np.frombuffer(self.maps[1], np.float32)
+
+    @staticmethod
+    def body(shape: list[int], nbytes_in: int, nbytes_out: int) -> tuple[bytes, dict[str, str]]:
+        return orjson.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "parameters": {
+            "shared_memory_region": "bench_in", "shared_memory_byte_size": nbytes_in}}],
+            "outputs": [{"name": "logits", "parameters": {"shared_memory_region": "bench_out",
+                                                          "shared_memory_byte_size": nbytes_out}}]}), \
+            {"Content-Type": "application/json"}
+
+    def close(self) -> None:
+        del self.input, self.output
+        for m in self.maps:
+            m.close()
+        for name in self.names:
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except OSError:
+                pass
+
+
 def grpc_request(model: str, x: np.ndarray, input_name: str = "input"):
     from sepconv.service.grpc.generated import grpc_service_pb2 as pb
 
@@ -294,6 +428,10 @@ def main() -> None:
                                                           "throughput slices per kind = rounds)")
     ap.add_argument("--requests", type=int, default=15, help="latency samples per kind per round")
     ap.add_argument("--seconds", type=float, default=6.0, help="throughput time per kind (split into rounds)")
+    ap.add_argument("--mlserver", type=Path, metavar="VENV", help="a virtualenv with mlserver (e.g. 1.7.1) and "
+                    "onnxruntime installed: MLServer serves the same ONNX file (a minimal runtime class, what a user "
+                    "writes) and its JSON p50 is sampled in the same rounds (a bench-only dependency, never the "
+                    "project's: python -m venv VENV && VENV/bin/pip install mlserver==1.7.1 onnxruntime)")
     ap.add_argument("--versus", type=Path, help="another checkout of sepconv (e.g. a git worktree of an older "
                                                 "commit): its server is started too and its latency samples are "
                                                 "interleaved with this one's, for an A/B in the same run")
@@ -303,13 +441,19 @@ def main() -> None:
     from sepconv.service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))
-    server = other = floor_proc = None
+    server = other = floor_proc = rest_floor_proc = mlserver = None
+    shm_pair = None
     try:
         model_path = prepare_repo(args.model, tmp)
         grpc_port, floor_port = free_port(), free_port()
         server, port = start_server(ROOT, tmp, grpc_port)
         floor_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--grpc-floor",
                                        str(floor_port)], cwd=ROOT, stdout=subprocess.DEVNULL)
+        rest_floor_port = free_port()
+        rest_floor_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--rest-floor",
+                                            str(rest_floor_port)], cwd=ROOT, stdout=subprocess.DEVNULL)
+        if args.mlserver is not None:
+            mlserver, mlserver_port = start_mlserver(args.mlserver.resolve(), model_path, args.model, tmp)
         if args.versus is not None:
             other, other_port = start_server(args.versus.resolve(), tmp)
         settings = Settings()  # the server reads the same SEPCONV_* environment: same session options
@@ -323,6 +467,29 @@ def main() -> None:
         js_body, js_headers = json_body(x)
 
         wait_ready(server, port, args.model)
+        wait_ready(rest_floor_proc, rest_floor_port, args.model)
+        floor_conn = Conn(rest_floor_port)
+        ml_conn = None
+        if mlserver is not None:
+            wait_ready(mlserver, mlserver_port, args.model)
+            ml_conn = Conn(mlserver_port)
+            status, _, data = ml_conn.post(path, js_body, js_headers)
+            assert status == 200, data[:300]
+            ml_out = orjson.loads(data)["outputs"][0]
+            np.testing.assert_allclose(np.array(ml_out["data"], np.float32).reshape(1, -1),
+                                       session.run(None, {in_name: x})[0], rtol=1e-4, atol=1e-4)
+        nbytes_out = int(np.prod(session.get_outputs()[0].shape[1:])) * 4
+        shm_pair = ShmPair(port, x.nbytes, nbytes_out)
+        shm_body, shm_headers = ShmPair.body(shape, x.nbytes, nbytes_out)
+        shm_request = Conn.build(path, shm_body, shm_headers)
+        x_bytes = np.frombuffer(x.tobytes(), np.uint8)
+
+        def shm_infer() -> np.ndarray:
+            shm_pair.input[:] = x_bytes  # the client puts its tensor in the region...
+            status, _, data = conn.send(shm_request)
+            assert status == 200, data[:300]
+            return shm_pair.output.copy()  # ...and takes the result from the other
+
         other_conn = None
         if other is not None:
             wait_ready(other, other_port, args.model)
@@ -354,6 +521,8 @@ def main() -> None:
             list(g_response.outputs[0].shape)), expected, rtol=1e-4, atol=1e-5)
         assert len(floor_stub.ModelInfer(g_request).raw_output_contents[0]) == FLOOR_OUTPUT
         np.testing.assert_allclose(default_session.run(None, {in_name: x})[0], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(shm_infer().reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+        assert floor_conn.send(bin_request_warm := Conn.build(path, bin_body, bin_headers))[0] == 200
         for _ in range(3):
             session.run(None, {in_name: x})
             default_session.run(None, {in_name: x})
@@ -362,11 +531,15 @@ def main() -> None:
             grpc_server_stub.ModelInfer(g_request)
             floor_stub.ModelInfer(g_request)
             decode_floor(js_body)
+            simdjson_floor(js_body)
+            shm_infer()
+            floor_conn.send(bin_request_warm)
 
         load_before = os.getloadavg()
         # Latency: one sample of each kind in turn, so that background load hits every kind alike.
         inproc, srv_bin, srv_json, floor, other_bin, other_json = [], [], [], [], [], []
         ort_default, srv_grpc, grpc_floor = [], [], []
+        rest_floor, srv_shm, sj_floor, ml_json = [], [], [], []
         bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
         for _ in range(args.rounds * args.requests):
             t = time.perf_counter()
@@ -379,10 +552,21 @@ def main() -> None:
             conn.send(js_request)
             srv_json.append(time.perf_counter() - t)
             floor.append(decode_floor(js_body))
+            sj_floor.append(simdjson_floor(js_body))
+            t = time.perf_counter()
+            floor_conn.send(bin_request)
+            rest_floor.append(time.perf_counter() - t)
+            if ml_conn is not None:
+                t = time.perf_counter()
+                ml_conn.send(js_request)
+                ml_json.append(time.perf_counter() - t)
             t = time.perf_counter()
             default_session.run(None, {in_name: x})
             ort_default.append(time.perf_counter() - t)
             time.sleep(0.1)  # ORT's default intra-op threads spin ~40 ms after a run: not during the next sample
+            t = time.perf_counter()
+            shm_infer()
+            srv_shm.append(time.perf_counter() - t)
             t = time.perf_counter()
             grpc_server_stub.ModelInfer(g_request)
             srv_grpc.append(time.perf_counter() - t)
@@ -396,6 +580,13 @@ def main() -> None:
                 t = time.perf_counter()
                 other_conn.send(js_request)
                 other_json.append(time.perf_counter() - t)
+        shm_pair.close()
+        shm_pair = None
+        floor_conn.close()
+        if ml_conn is not None:
+            ml_conn.close()
+            mlserver.terminate()  # type: ignore[union-attr]
+        rest_floor_proc.terminate()
         conn.close()
         grpc_channel.close()
         floor_channel.close()
@@ -407,6 +598,7 @@ def main() -> None:
         # Throughput: short slices in turn (in-process sequential, server at 1/4/16), medians per kind.
         slice_s = args.seconds / args.rounds
         seq_rates: list[float] = []
+        seq_default: list[float] = []
         rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
         client_cpu: dict[int, list[float]] = {1: [], 4: [], 16: []}
         for _ in range(args.rounds):
@@ -415,11 +607,19 @@ def main() -> None:
                 session.run(None, {in_name: x})
                 n += 1
             seq_rates.append(n / (time.perf_counter() - t0))
+            time.sleep(0.1)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < slice_s:
+                default_session.run(None, {in_name: x})
+                n += 1
+            seq_default.append(n / (time.perf_counter() - t0))
+            time.sleep(0.1)
             for c in rates:
                 rate, cpu = throughput_server(port, bin_request, c, slice_s)
                 rates[c].append(rate)
                 client_cpu[c].append(cpu)
         seq_thr = statistics.median(seq_rates)
+        seq_def = statistics.median(seq_default)
         thr = {c: statistics.median(v) for c, v in rates.items()}
         load_after = os.getloadavg()
 
@@ -430,7 +630,8 @@ def main() -> None:
 
         ms = lambda s: f"{s * 1000:7.2f} ms"  # noqa: E731
         kinds = (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor), ("ort", ort_default),
-                 ("grpc", srv_grpc), ("gfloor", grpc_floor))
+                 ("grpc", srv_grpc), ("gfloor", grpc_floor), ("rfloor", rest_floor), ("shm", srv_shm),
+                 ("sjfloor", sj_floor), *((("ml", ml_json),) if ml_json else ()))
         p50 = {k: pct(v, 50) for k, v in kinds}
         p90 = {k: pct(v, 90) for k, v in kinds}
         print(f"model {args.model}, batch 1, {args.rounds} rounds x {args.requests} requests; "
@@ -446,8 +647,11 @@ def main() -> None:
         for key, label in (("in", "in-process session.run"), ("bin", "server, binary request"),
                            ("json", "server, JSON request"), ("floor", "JSON decode floor"),
                            ("ort", "in-process, ORT defaults"), ("grpc", "server, gRPC request"),
-                           ("gfloor", "gRPC transport floor")):
-            print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
+                           ("gfloor", "gRPC transport floor"), ("rfloor", "REST transport floor"),
+                           ("shm", "server, shared memory"), ("sjfloor", "JSON decode floor, simdjson"),
+                           ("ml", "MLServer, JSON request")):
+            if key in p50:
+                print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
         print(f"gRPC: request {g_request.ByteSize()} B (raw_input_contents), response {g_response.ByteSize()} B; "
               f"floor response {FLOOR_OUTPUT} B raw; ORT defaults: providers {default_session.get_providers()}")
         if other_bin:
@@ -457,7 +661,8 @@ def main() -> None:
                   f"{p50['json'] / pct(other_json, 50):.3f}; overhead over in-process p50: binary "
                   f"{(p50['bin'] - p50['in']) * 1000:.2f} vs {(pct(other_bin, 50) - p50['in']) * 1000:.2f} ms, JSON "
                   f"{(p50['json'] - p50['in']) * 1000:.2f} vs {(pct(other_json, 50) - p50['in']) * 1000:.2f} ms")
-        print(f"throughput, in-process sequential: {seq_thr:7.1f} req/s")
+        print(f"throughput, in-process sequential: {seq_thr:7.1f} req/s (server's settings), {seq_def:7.1f} req/s "
+              "(ORT defaults)")
         for c, v in thr.items():
             print(f"throughput, server concurrency {c:2d}: {v:7.1f} req/s  ({v / seq_thr:.2f}x; the client process "
                   f"used {statistics.median(client_cpu[c]):.2f} CPU-s/s of the {os.cpu_count()} cores)")
@@ -471,12 +676,29 @@ def main() -> None:
         r_json = (p50["json"] - p50["in"]) / p50["floor"]
         r_thr = thr[16] / seq_thr
         r_grpc = (p50["grpc"] - p50["ort"]) / p50["gfloor"]
+        r_rest = (p50["bin"] - p50["ort"]) / p50["rfloor"]
+        r_shm = p50["shm"] / p50["ort"]
+        r_sj = (p50["json"] - p50["ort"]) / p50["sjfloor"]
+        r_thr_def = thr[16] / seq_def
         print()
         print("goal                                                    measured   goal    met")
         print(f"binary p50 / in-process p50                              {r_bin:6.3f}  <= 1.10  {r_bin <= 1.10}")
         print(f"(JSON p50 - in-process p50) / decode floor p50           {r_json:6.3f}  <= 1.25  {r_json <= 1.25}")
         print(f"throughput at concurrency 16 / in-process sequential     {r_thr:6.3f}  >= 1.10  {r_thr >= 1.10}")
         print(f"(gRPC p50 - ORT-defaults p50) / gRPC floor p50           {r_grpc:6.3f}  <= 1.25  {r_grpc <= 1.25}")
+        print("issue 13, against in-process ORT with its DEFAULT session options (what a user runs):")
+        print(f"(binary p50 - ORT-defaults p50) / REST floor p50         {r_rest:6.3f}  <= 1.25  {r_rest <= 1.25}")
+        print(f"shared-memory p50 / ORT-defaults p50                     {r_shm:6.3f}  <= 1.10  {r_shm <= 1.10}")
+        print(f"(JSON p50 - ORT-defaults p50) / simdjson floor p50       {r_sj:6.3f}  <= 1.25  {r_sj <= 1.25}")
+        if "ml" in p50:
+            r_ml = p50["json"] / p50["ml"]
+            print(f"JSON p50 / MLServer JSON p50                             {r_ml:6.3f}  <= 0.55  {r_ml <= 0.55}")
+        else:
+            print("JSON p50 / MLServer JSON p50                                n/a  (run with --mlserver VENV)")
+        print(f"throughput at concurrency 16 / ORT-defaults sequential   {r_thr_def:6.3f}  >= 1.10  "
+              f"{r_thr_def >= 1.10}")
+        print(f"same-settings ratio: binary p50 / in-process p50 (server's session options) {r_bin:.3f}; ORT "
+              f"defaults / server's options in-process: {p50['ort'] / p50['in']:.3f}")
         print(f"(binary overhead p50: {(p50['bin'] - p50['in']) * 1000:.2f} ms; JSON overhead p50: "
               f"{(p50['json'] - p50['in']) * 1000:.2f} ms; medians of {len(inproc)} samples; "
               f"stdev in-process {statistics.pstdev(inproc) * 1000:.2f} ms)")
@@ -485,7 +707,9 @@ def main() -> None:
               f"ms, over the server's own session options {(p50['grpc'] - p50['in']) * 1000:.2f} ms; floor "
               f"{p50['gfloor'] * 1000:.2f} ms)")
     finally:
-        for proc in (server, other, floor_proc):
+        if shm_pair is not None:
+            shm_pair.close()
+        for proc in (server, other, floor_proc, rest_floor_proc, mlserver):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
             if proc is not None:
@@ -499,5 +723,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--grpc-floor":
         grpc_floor_server(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--rest-floor":
+        rest_floor_server(int(sys.argv[2]))
     else:
         main()

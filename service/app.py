@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.grpc = None
             while in_flight.count > 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
+            dataplane.close()  # shared-memory regions unregistered
             await asyncio.to_thread(registry.close)
             executor.shutdown(wait=True, cancel_futures=False)
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
                                                       "image (max_batch_size stays the ceiling)")
     run_threads: int = Field(0, description="threads running session.run for all models (0 = automatic)")
     load_at_startup: bool = Field(True, description="load every model of the repository at start-up")
+    shared_memory: Literal["local", "any", "off"] = Field(
+        "local", description="Triton's system shared-memory extension: 'local' = only clients on this host "
+                             "(loopback peers) may register regions, 'any' = every client, 'off' = refused")
     strict_readiness: bool = Field(False, description="/v2/health/ready only when every model loaded (Triton's "
                                                        "--strict-readiness); otherwise once start-up is done")
     access_log: bool = Field(True, description="one structured (JSON) log line per request")
@@ -89,6 +92,9 @@ class Settings(BaseSettings):
     enable_mem_pattern: bool = True
     allow_spinning: bool = Field(False, description="ORT intra-op threads busy-wait for work between ops; off by "
                                                     "default: a server shares its cores with the event loop")
+    inline_spinning: bool = Field(True, description="a second session per CPU model, with ORT's spinning on, runs "
+                                                   "the requests the server handles alone (ORT-default speed for "
+                                                   "a lone client; concurrent runs keep the non-spinning session)")
     arena_extend_strategy: str = Field("kNextPowerOfTwo", description="CUDA arena: kNextPowerOfTwo | kSameAsRequested")
     cuda_device_id: int = 0
     cuda_use_tf32: bool = Field(False, description="let cuDNN/cuBLAS use TF32 tensor cores for FP32 convolutions "

@@ -122,7 +122,7 @@ INFER_CASES = [
     ("raw size too large", tiny([1, *CNN_SHAPE], f32(N + 2)), C.INVALID_ARGUMENT, "needs"),  # ... bytes left over
     ("raw for some inputs only", _missing_raw(), C.INVALID_ARGUMENT, "raw_input_contents"),
     ("raw and contents", _raw_and_contents(), C.INVALID_ARGUMENT, "contents"),
-    ("shared-memory input", _shm_input(), C.INVALID_ARGUMENT, "shared-memory"),
+    ("shared-memory input without its size", _shm_input(), C.INVALID_ARGUMENT, "shared_memory_byte_size"),
     ("bytes not utf-8", raw("strings", [("text", "BYTES", [1, 2], b"\x02\0\0\0\xff\xfe\x02\0\0\0ok")]),
      C.INVALID_ARGUMENT, "UTF-8"),
     ("bytes length past data", raw("strings", [("text", "BYTES", [1, 2], b"\x09\0\0\0ab")]), C.INVALID_ARGUMENT,
@@ -187,8 +187,13 @@ OTHER_CASES = [
     ("RepositoryModelLoad", _config_load("{not json"), C.INVALID_ARGUMENT, "config"),
     ("LogSettings", pb.LogSettingsRequest(settings={"colour": pb.LogSettingsRequest.SettingValue(bool_param=True)}),
      C.INVALID_ARGUMENT, "unknown log setting"),
-    ("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name="r", key="/k", byte_size=8),
-     C.UNIMPLEMENTED, "not supported"),
+    ("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name="r", key="/../k", byte_size=8),
+     C.INVALID_ARGUMENT, "invalid shared-memory key"),
+    ("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest(name="r", key="/sepconv-none", byte_size=8),
+     C.INVALID_ARGUMENT, "unable to open"),
+    ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest(name="nope"), C.NOT_FOUND, "unable to find"),
+    ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest(name="g", byte_size=8), C.UNIMPLEMENTED,
+     "not supported"),
 ]
 
 

@@ -142,3 +142,27 @@ def test_closed_scheduler_refuses_and_bad_input_is_a_400(model_path: Path) -> No
             assert status_of(closed.value) == 503
 
     asyncio.run(main())
+
+
+def test_lone_requests_run_on_the_spinning_session_concurrent_ones_on_the_main(model_path: Path) -> None:
+    """The spinning policy (service.runtime.serving): the inline path uses ``inline_session`` (ORT's spinning on),
+    queued runs the main session; both give the model's answer."""
+    main_session, spinning = RecordingSession(model_path), RecordingSession(model_path)
+    reference = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+    async def main() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            sched, _ = _scheduler(main_session, pool, inline_session=spinning)
+            for i in range(3):  # the first is measured in the pool, then inline
+                job = await sched.submit({"input": _x(i)}, ["logits"], 1, alone=True)
+                np.testing.assert_allclose(job.result["logits"], reference.run(["logits"], {"input": _x(i)})[0],
+                                           rtol=1e-5, atol=1e-6)
+            jobs = await asyncio.gather(*(sched.submit({"input": _x(i)}, ["logits"], 1, alone=False)
+                                          for i in range(4)))
+            for i, job in enumerate(jobs):
+                np.testing.assert_allclose(job.result["logits"], reference.run(["logits"], {"input": _x(i)})[0],
+                                           rtol=1e-5, atol=1e-6)
+
+    asyncio.run(main())
+    assert len(spinning.runs) == 2  # the two lone requests after the first
+    assert len(main_session.runs) >= 2 and sum(b for _, b in main_session.runs) == 5  # the first + the 4 concurrent

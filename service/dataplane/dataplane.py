@@ -18,7 +18,13 @@ the typed ones of :mod:`sepconv.service.errors`.
   one is set; cross-origin browser requests are refused either way). Config overrides are bounded
   (:meth:`~DataPlane._check_override`);
 * Triton's logging extension (:meth:`~DataPlane.log_settings`, :meth:`~DataPlane.set_log_settings`) and the
-  answers for the extensions this server does not offer (trace, shared memory), so that unmodified clients work.
+  answers for the extensions this server does not offer (trace, CUDA shared memory), so that unmodified clients
+  work;
+* Triton's system shared-memory extension: the registry of regions (:attr:`DataPlane.shm`,
+  :mod:`.shm`) both transports decode inputs from; :meth:`~DataPlane.infer` writes the outputs asked for in a
+  region (:meth:`~DataPlane.register_shared_memory`, :meth:`~DataPlane.unregister_shared_memory`,
+  :meth:`~DataPlane.shared_memory_status`; ``settings.shared_memory`` says who may register). :meth:`close`
+  unregisters every region (server shutdown).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from sepconv import __version__
 from sepconv.export.repository.layout import is_internal_key
 from sepconv.service.dataplane.classification import classify
 from sepconv.service.dataplane.inputs import feed_for, wanted_outputs
+from sepconv.service.dataplane.shm import SharedMemoryRegistry
+from sepconv.service.dataplane.tensors import tensor_bytes
 from sepconv.service.dataplane.types import InferCall, InferRequest, InferResponse, OutputTensor
 from sepconv.service.errors import (
     InvalidInput,
@@ -58,7 +66,7 @@ from sepconv.service.settings import Settings
 R = TypeVar("R")
 
 EXTENSIONS = ["classification", "binary_tensor_data", "model_configuration", "model_repository",
-              "model_repository(unload_dependents)", "statistics", "logging"]
+              "model_repository(unload_dependents)", "statistics", "logging", "system_shared_memory"]
 
 _LOG_KEYS = frozenset({"log_file", "log_info", "log_warning", "log_error", "log_verbose_level", "log_format"})
 
@@ -99,6 +107,7 @@ class DataPlane:
         self.registry = registry
         self.started = False  # start-up (loading the repository) is done
         self.stopping = False  # shutdown began: not ready any more
+        self.shm = SharedMemoryRegistry()
 
     # -- health and server metadata --------------------------------------------------------------
     def live(self) -> bool:
@@ -176,9 +185,22 @@ class DataPlane:
             timing.encode_ns = time.perf_counter_ns()
             result = job.result or {}
             outputs = [OutputTensor(spec.name, spec.datatype, result[spec.name], binary) for spec, binary in wanted]
-            if request.outputs and any(o.classification for o in request.outputs):
-                outputs = _classified(model, request, outputs)
+            if request.outputs:
+                if any(o.classification for o in request.outputs):
+                    outputs = _classified(model, request, outputs)
+                if any(o.shm is not None for o in request.outputs):
+                    outputs = self._to_shared_memory(request, outputs)
             return call.encode(InferResponse(model.name, model.version, request.id, outputs))
+
+    def _to_shared_memory(self, request: InferRequest, outputs: list[OutputTensor]) -> list[OutputTensor]:
+        """Write the outputs asked for in shared memory into their regions; those carry no data onwards."""
+        refs = {o.name: o.shm for o in request.outputs or () if o.shm is not None}
+        for out in outputs:
+            ref = refs.get(out.name)
+            if ref is not None:
+                self.shm.write(ref, tensor_bytes(out.array, out.datatype), f"output {out.name!r}")
+                out.shm = ref
+        return outputs
 
     @contextmanager
     def _accounting(self, model: LoadedModel, start: int) -> Iterator[_Timing]:
@@ -319,10 +341,34 @@ class DataPlane:
                                "use POST /v1/models/{m}/profile for per-layer timings")
         return TRACE_OFF
 
-    def shared_memory_status(self, region: str | None = None) -> list[Any]:
-        if region:
-            raise NotFound(f"no shared-memory region {region!r} (shared memory is not supported)")
-        return []
+    # -- shared memory ---------------------------------------------------------------------------------
+    def shared_memory_status(self, region: str | None = None, *, cuda: bool = False) -> list[dict[str, Any]]:
+        """The registered system regions (all, or one: an unknown name is ``NotFound``); CUDA: none."""
+        if cuda:
+            if region:
+                raise NotFound(f"Unable to find cuda shared memory region: {region!r} (CUDA shared memory is not "
+                               "supported by this server)")
+            return []
+        return self.shm.status(region or None)
 
-    def register_shared_memory(self) -> None:
-        raise NotSupported("shared-memory tensors are not supported by this server; send binary tensor data")
+    def register_shared_memory(self, name: Any, key: Any, offset: Any, byte_size: Any, *, local: bool,
+                               cuda: bool = False) -> None:
+        """Register a system region (``local``: the client is on this host, the transport's judgement)."""
+        if cuda:
+            raise NotSupported("CUDA shared memory is not supported by this server; use system shared memory")
+        mode = self.settings.shared_memory
+        if mode == "off":
+            raise NotSupported("system shared memory is turned off on this server (SEPCONV_SHARED_MEMORY=off)")
+        if mode == "local" and not local:
+            raise PermissionDenied("only clients on this server's host may register shared memory "
+                                   "(SEPCONV_SHARED_MEMORY=local)")
+        self.shm.register(name, key, offset, byte_size)
+
+    def unregister_shared_memory(self, name: str | None = None, *, cuda: bool = False) -> None:
+        """Unregister one region, or all with ``None`` (an unknown name is no error, as in Triton)."""
+        if not cuda:
+            self.shm.unregister(name or None)
+
+    def close(self) -> None:
+        """Server shutdown: every shared-memory region is unregistered."""
+        self.shm.close()

@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from sepconv.service.dataplane.shm import TensorRef
+
 
 @dataclass
 class InputTensor:
@@ -29,6 +31,7 @@ class RequestedOutput:
     name: str
     binary: bool  # REST's binary tensor extension (``binary_data``); other transports ignore it
     classification: int = 0  # Triton's classification extension: the top-K as BYTES strings (0 = the tensor)
+    shm: TensorRef | None = None  # Triton's shared-memory extension: written into this region, not returned
 
 
 @dataclass
@@ -46,6 +49,7 @@ class OutputTensor:
     datatype: str
     array: np.ndarray
     binary: bool
+    shm: TensorRef | None = None  # written into this shared-memory region (the response carries no data)
 
 
 @dataclass

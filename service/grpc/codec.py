@@ -9,13 +9,16 @@ Decoding (:func:`decode_request`) follows Triton's gRPC frontend:
   ``fp64_contents``, ``bytes_contents``), never both; FP16 (which has no typed field) only raw, as in Triton;
 * requested outputs by name (their ``binary_data`` parameter means nothing over gRPC), with Triton's
   classification extension (``classification``: K, an integer parameter; the data plane answers the top-K
-  strings); shared-memory regions are refused as Triton refuses a region it does not have
-  (``InvalidInput`` -> ``INVALID_ARGUMENT``);
+  strings);
+* Triton's system shared-memory extension: an input or output whose parameters name a ``shared_memory_region``
+  (with ``shared_memory_byte_size`` and optional ``shared_memory_offset``) is read from / written into that
+  registered region (:mod:`sepconv.service.dataplane.shm`); such an input takes no other data;
 * request parameters become a plain dict.
 
 Encoding (:func:`encode_response`) answers every output in ``raw_output_contents``, as Triton does (tritonclient
-reads either form). Every client mistake raises ``InvalidInput`` with a message naming the tensor; the model
-checks (names, datatypes, shapes, batch) are the data plane's, shared with REST.
+reads either form); an output written into shared memory gets an empty entry there (the entries stay aligned
+with ``outputs``) and its region in its parameters. Every client mistake raises ``InvalidInput`` with a message
+naming the tensor; the model checks (names, datatypes, shapes, batch) are the data plane's, shared with REST.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from sepconv.service.dataplane.shm import SharedMemoryRegistry, TensorRef, tensor_ref
+from sepconv.service.dataplane.tensors import decode_bytes_elements, shm_input, tensor_bytes
 from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from sepconv.service.datatypes import V2_TO_NUMPY
 from sepconv.service.errors import InvalidInput
 from sepconv.service.grpc.generated import grpc_service_pb2 as pb
 
-# The BYTES wire form and the shape limits are the REST codec's (one rule for both transports).
-from sepconv.service.rest.codec import MAX_DIM, MAX_RANK, decode_bytes_elements, encode_bytes_elements
+# The shape limits are the REST codec's (one rule for both transports).
+from sepconv.service.rest.codec import MAX_DIM, MAX_RANK
 
 # datatype -> the InferTensorContents field that carries it (FP16 and BF16 have none: raw only)
 CONTENTS_FIELD: dict[str, str] = {
@@ -120,15 +125,20 @@ def _classification(param: Any, name: str) -> int:
     return int(value)
 
 
-def decode_request(request: Any) -> InferRequest:
-    """A ``ModelInferRequest`` as the data plane's :class:`InferRequest` (see the module docstring)."""
+def decode_request(request: Any, shm: SharedMemoryRegistry | None = None) -> InferRequest:
+    """A ``ModelInferRequest`` as the data plane's :class:`InferRequest` (see the module docstring); tensors in
+    shared memory come from the regions of ``shm``."""
     tensors = request.inputs
     if not tensors:
         raise InvalidInput("the request has no inputs")
     raw = request.raw_input_contents
-    if raw and len(raw) != len(tensors):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs (when used, it "
-                           "must hold every input's data, in the order of 'inputs')")
+    refs = [tensor_ref(parameters_dict(t.parameters), f"input {t.name!r}") if t.parameters else None
+            for t in tensors]
+    in_raw = sum(ref is None for ref in refs)  # raw_input_contents holds the inputs not in shared memory
+    if raw and len(raw) != in_raw:
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {in_raw} inputs (when used, it "
+                           "must hold every input's data but those in shared memory, in the order of 'inputs')")
+    raw_index = 0
     inputs: list[InputTensor] = []
     seen: set[str] = set()
     for i, tensor in enumerate(tensors):
@@ -142,13 +152,18 @@ def decode_request(request: Any) -> InferRequest:
         if datatype not in V2_TO_NUMPY:
             raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}")
         shape = _shape(tensor.shape, name)
-        if tensor.parameters and any(k.startswith("shared_memory") for k in tensor.parameters):
-            raise InvalidInput(f"input {name!r}: no shared-memory region is registered (shared memory is not "
-                               "supported by this server; send the data in raw_input_contents)")
-        if raw:
+        ref = refs[i]
+        if ref is not None:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input {name!r}: contents must not be given for an input in shared memory")
+            if shm is None:
+                raise InvalidInput(f"input {name!r}: Unable to find shared memory region: {ref.region!r}")
+            arr = shm_input(shm, ref, datatype, shape, name)
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {name!r}: contents must not be given when raw_input_contents is used")
-            arr = _raw(raw[i], datatype, shape, name)
+            arr = _raw(raw[raw_index], datatype, shape, name)
+            raw_index += 1
         else:
             arr = _typed(tensor, datatype, shape, name)
         inputs.append(InputTensor(name=name, datatype=datatype, shape=shape, array=arr))
@@ -160,17 +175,16 @@ def decode_request(request: Any) -> InferRequest:
             if not out.name:
                 raise InvalidInput("each requested output needs a 'name'")
             classes = 0
+            oref: TensorRef | None = None
             if out.parameters:
                 params = out.parameters
-                if any(k.startswith("shared_memory") for k in params):
-                    if "classification" in params:
-                        raise InvalidInput(f"output {out.name!r}: can't set both 'shared_memory_region' and "
-                                           "'classification'")
-                    raise InvalidInput(f"output {out.name!r}: no shared-memory region is registered (shared "
-                                       "memory is not supported by this server)")
+                if "shared_memory_region" in params and "classification" in params:
+                    raise InvalidInput(f"output {out.name!r}: can't set both 'shared_memory_region' and "
+                                       "'classification'")
+                oref = tensor_ref(parameters_dict(params), f"output {out.name!r}")
                 if "classification" in params:
                     classes = _classification(params["classification"], out.name)
-            outputs.append(RequestedOutput(name=out.name, binary=True, classification=classes))
+            outputs.append(RequestedOutput(name=out.name, binary=True, classification=classes, shm=oref))
         if len({o.name for o in outputs}) != len(outputs):
             raise InvalidInput("an output is requested twice")
     params = parameters_dict(request.parameters) if request.parameters else {}
@@ -189,8 +203,13 @@ def encode_response(response: InferResponse) -> Any:
         tensor.name = out.name
         tensor.datatype = out.datatype
         tensor.shape.extend(arr.shape)
-        if out.datatype == "BYTES":
-            raw.append(encode_bytes_elements(arr))
+        if out.shm is not None:  # written into the region by the data plane
+            ref = out.shm
+            tensor.parameters["shared_memory_region"].string_param = ref.region
+            tensor.parameters["shared_memory_byte_size"].int64_param = ref.byte_size
+            if ref.offset:
+                tensor.parameters["shared_memory_offset"].int64_param = ref.offset
+            raw.append(b"")
         else:
-            raw.append(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+            raw.append(bytes(tensor_bytes(arr, out.datatype)))
     return message

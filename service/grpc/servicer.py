@@ -11,7 +11,11 @@ call plus the protobuf conversion, as each REST route is (:mod:`sepconv.service.
   RepositoryIndex / RepositoryModelLoad / RepositoryModelUnload and LogSettings changes (the admin rules of REST:
   ``DataPlane.authorize`` — model control ``explicit``, and the ``authorization: Bearer <token>`` metadata when
   an admin token is set; no browser speaks gRPC, so there is no cross-origin check);
-* shared memory and trace settings answer ``UNIMPLEMENTED`` with a message (DESIGN.md).
+* Triton's system shared-memory extension: SystemSharedMemoryRegister / Unregister / Status on the data plane's
+  registry of regions (a region may be registered by a peer on this host, ``settings.shared_memory``); inputs and
+  outputs name regions in their parameters (:mod:`sepconv.service.grpc.codec`). CUDA shared memory: status
+  answers no regions, registering it ``UNIMPLEMENTED``; trace settings answer ``UNIMPLEMENTED`` with a message
+  (DESIGN.md).
 
 Typed errors become gRPC status codes in :mod:`sepconv.service.grpc.errors` (the :func:`~.errors.rpc` decorator).
 Every infer request counts in the server's in-flight tracker shared with REST: ``alone`` (the scheduler may then
@@ -29,6 +33,7 @@ import grpc
 from google.protobuf import json_format
 
 from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.dataplane.shm import SharedMemoryRegistry
 from sepconv.service.dataplane.types import InferRequest, InferResponse
 from sepconv.service.errors import NotFound, ServiceError
 from sepconv.service.grpc import codec
@@ -52,13 +57,14 @@ class Tracker(Protocol):
 class GrpcInfer:
     """One ``ModelInferRequest``, for :meth:`DataPlane.infer` (an ``InferCall``)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("request", "shm")
 
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Any, shm: SharedMemoryRegistry | None = None) -> None:
         self.request = request
+        self.shm = shm
 
     async def decode(self) -> InferRequest:
-        return codec.decode_request(self.request)
+        return codec.decode_request(self.request, self.shm)
 
     def encode(self, response: InferResponse) -> Any:
         return codec.encode_response(response)
@@ -84,6 +90,25 @@ def _setting(value: Any) -> pb.LogSettingsResponse.SettingValue:
 
 async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
+
+
+def local_peer(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the peer is on this host: a loopback address or a Unix socket."""
+    peer = context.peer() or ""
+    kind, _, address = peer.partition(":")
+    if kind == "unix":
+        return True
+    if kind == "ipv4":
+        return address.startswith("127.")
+    if kind == "ipv6":
+        host = address.rpartition(":")[0].strip("[]")
+        return host == "::1" or host.startswith("::ffff:127.")
+    return False
+
+
+def _region_status(status: dict[str, Any]) -> Any:
+    return pb.SystemSharedMemoryStatusResponse.RegionStatus(name=status["name"], key=status["key"],
+                                                            offset=status["offset"], byte_size=status["byte_size"])
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -140,7 +165,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tracker.count += 1
         try:
             return await self.dataplane.infer(request.model_name, request.model_version or None,
-                                              GrpcInfer(request), alone=tracker.count <= 1)
+                                              GrpcInfer(request, self.dataplane.shm), alone=tracker.count <= 1)
         finally:
             tracker.count -= 1
 
@@ -149,7 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tracker.count += 1
         try:
             response = await self.dataplane.infer(request.model_name, request.model_version or None,
-                                                  GrpcInfer(request), alone=tracker.count <= 1)
+                                                  GrpcInfer(request, self.dataplane.shm), alone=tracker.count <= 1)
             return pb.ModelStreamInferResponse(infer_response=response)
         except Exception as exc:  # noqa: BLE001 - one request's failure is its response, the stream goes on
             if not isinstance(exc, ServiceError):
@@ -226,20 +251,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "tracing is not supported by this server; use POST "
                                                           "/v1/models/{m}/profile for per-layer timings")
 
+    # -- system shared memory -------------------------------------------------------------------------
+    @rpc
     async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _unimplemented(context, "system shared memory")
+        regions = self.dataplane.shared_memory_status(request.name or None)
+        return pb.SystemSharedMemoryStatusResponse(regions={r["name"]: _region_status(r) for r in regions})
 
+    @rpc
     async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _unimplemented(context, "system shared memory")
+        self.dataplane.register_shared_memory(request.name, request.key, request.offset, request.byte_size,
+                                              local=local_peer(context))
+        return pb.SystemSharedMemoryRegisterResponse()
 
+    @rpc
     async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _unimplemented(context, "system shared memory")
+        self.dataplane.unregister_shared_memory(request.name or None)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
+    @rpc
     async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
+        self.dataplane.shared_memory_status(request.name or None, cuda=True)
+        return pb.CudaSharedMemoryStatusResponse()
 
     async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await _unimplemented(context, "CUDA shared memory")
 
+    @rpc
     async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _unimplemented(context, "CUDA shared memory")
+        return pb.CudaSharedMemoryUnregisterResponse()

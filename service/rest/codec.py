@@ -17,15 +17,25 @@ from __future__ import annotations
 
 import base64
 import math
-import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
+from sepconv.service.dataplane.shm import SharedMemoryRegistry, tensor_ref
+from sepconv.service.dataplane.tensors import (
+    decode_bytes_elements,
+    encode_bytes_elements,
+    shm_input,
+    tensor_bytes,
+)
 from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from sepconv.service.datatypes import V2_TO_NUMPY, element_size
-from sepconv.service.errors import InvalidInput, NotSupported
+from sepconv.service.errors import InvalidInput
+
+__all__ = ["MAX_DIM", "MAX_RANK", "decode_bytes_elements", "encode_bytes_elements", "encode_infer_response",
+           "json_data", "parse_infer_request", "request_from_header"]
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 
@@ -60,36 +70,7 @@ def _bool_param(params: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:
-    """Triton's BYTES binary form: per element a uint32 LE length and the bytes."""
-    items: list[bytes] = []
-    pos, size = 0, len(buf)
-    for _ in range(count):
-        if pos + 4 > size:
-            raise _bad(f"input {name!r}: BYTES data ends inside an element length")
-        (n,) = struct.unpack_from("<I", buf, pos)
-        pos += 4
-        if pos + n > size:
-            raise _bad(f"input {name!r}: BYTES element of {n} bytes runs past the data")
-        items.append(bytes(buf[pos:pos + n]))
-        pos += n
-    if pos != size:
-        raise _bad(f"input {name!r}: {size - pos} bytes left over after {count} BYTES elements")
-    arr = np.empty(count, dtype=object)
-    arr[:] = items
-    return arr
-
-
-def encode_bytes_elements(arr: np.ndarray) -> bytes:
-    parts = []
-    for item in arr.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
-        parts.append(struct.pack("<I", len(b)))
-        parts.append(b)
-    return b"".join(parts)
-
-
-def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
         flat = data
@@ -156,8 +137,9 @@ def _json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndar
     return arr.reshape(shape)
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Decode a V2 infer body (JSON or JSON + binary tensors)."""
+def parse_infer_request(body: bytes, header_length: int | None,
+                        shm: SharedMemoryRegistry | None = None) -> InferRequest:
+    """Decode a V2 infer body (JSON or JSON + binary tensors; tensors in the regions of ``shm``)."""
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise _bad(f"Inference-Header-Content-Length {header_length} does not fit a body of {len(body)} bytes")
@@ -168,6 +150,16 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
         raise _bad(f"malformed JSON in the inference request: {exc}") from exc
+    return request_from_header(header, binary, shm, json_data)
+
+
+DataDecoder = Callable[[Any, str, list[int], str], np.ndarray]
+
+
+def request_from_header(header: Any, binary: memoryview, shm: SharedMemoryRegistry | None,
+                        json_data: DataDecoder) -> InferRequest:
+    """The request a parsed JSON header describes (``binary``: the bytes after it); ``json_data`` decodes an
+    input's ``data`` (the plain decoder, or :mod:`sepconv.service.rest.jsonfast`'s)."""
     if not isinstance(header, dict):
         raise _bad("the inference request must be a JSON object")
     params = header.get("parameters") or {}
@@ -198,10 +190,15 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         iparams = raw.get("parameters") or {}
         if not isinstance(iparams, dict):
             raise _bad(f"input {name!r}: 'parameters' must be an object")
-        if "shared_memory_region" in iparams:
-            raise NotSupported(f"input {name!r}: shared-memory inputs are not supported by this server")
+        ref = tensor_ref(iparams, f"input {name!r}")
         size = iparams.get("binary_data_size")
-        if size is not None:
+        if ref is not None:
+            if "data" in raw or size is not None:
+                raise _bad(f"input {name!r}: give either 'data', binary_data_size or a shared-memory region")
+            if shm is None:
+                raise _bad(f"input {name!r}: Unable to find shared memory region: {ref.region!r}")
+            arr = shm_input(shm, ref, datatype, shape, name)
+        elif size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
             if "data" in raw:
@@ -223,7 +220,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
                 if not arr.flags.aligned:
                     arr = arr.copy()
         elif "data" in raw:
-            arr = _json_data(raw["data"], datatype, shape, name)
+            arr = json_data(raw["data"], datatype, shape, name)
         else:
             raise _bad(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
         inputs.append(InputTensor(name=name, datatype=datatype, shape=shape, array=arr))
@@ -243,17 +240,16 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
             oparams = raw.get("parameters") or {}
             if not isinstance(oparams, dict):
                 raise _bad(f"output {raw['name']!r}: 'parameters' must be an object")
-            if "shared_memory_region" in oparams:
-                if "classification" in oparams:
-                    raise _bad(f"output {raw['name']!r}: can't set both 'shared_memory_region' and 'classification'")
-                raise NotSupported(f"output {raw['name']!r}: shared-memory outputs are not supported by this server")
+            if "shared_memory_region" in oparams and "classification" in oparams:
+                raise _bad(f"output {raw['name']!r}: can't set both 'shared_memory_region' and 'classification'")
+            oref = tensor_ref(oparams, f"output {raw['name']!r}")
             classes = oparams.get("classification", 0)
             if isinstance(classes, bool) or not isinstance(classes, int) or not 0 <= classes < 2**32:
                 raise _bad(f"output {raw['name']!r}: 'classification' must be a non-negative integer (the number of "
                            f"classes to return), got {classes!r}")
             b = _bool_param(oparams, "binary_data", f"output {raw['name']!r}")
             outputs.append(RequestedOutput(name=raw["name"], binary=binary_output if b is None else b,
-                                           classification=classes))
+                                           classification=classes, shm=oref))
         if len({o.name for o in outputs}) != len(outputs):
             raise _bad("an output is requested twice")
     return InferRequest(id=req_id, inputs=inputs, outputs=outputs, binary_output=binary_output, parameters=params)
@@ -266,11 +262,10 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     for out in response.outputs:
         name, datatype, arr, binary = out.name, out.datatype, out.array, out.binary
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if binary:
-            if datatype == "BYTES":
-                blob = encode_bytes_elements(arr)
-            else:
-                blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        if out.shm is not None:
+            pass  # written into its region by the data plane: name, datatype and shape only, as Triton answers
+        elif binary:
+            blob = tensor_bytes(arr, datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif datatype == "BYTES":

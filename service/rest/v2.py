@@ -3,8 +3,9 @@
 Each route does the HTTP part (path parameters, body, headers, status) and makes ONE call into the
 :class:`~sepconv.service.dataplane.dataplane.DataPlane`, which does the work for every transport. Health,
 server and model metadata, readiness, infer (JSON and binary tensors), config, statistics, repository
-index/load/unload, log settings; trace and shared-memory routes answer so that the unmodified
-``tritonclient[http]`` client works for every call it has (tracing and shared memory are reported as not
+index/load/unload, log settings, Triton's system shared-memory extension (register / unregister / status; a
+region may be registered by a client on this host, see ``settings.shared_memory``); trace and CUDA shared-memory
+routes answer so that the unmodified ``tritonclient[http]`` client works for every call it has (reported as not
 supported rather than pretended). Errors are typed; :mod:`sepconv.service.rest.errors` gives their status.
 
 An infer request: :func:`handle_infer` (called by :mod:`sepconv.service.rest.fastpath` for POSTs, or by the
@@ -24,10 +25,11 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.dataplane.shm import SharedMemoryRegistry
 from sepconv.service.dataplane.types import InferRequest, InferResponse
 from sepconv.service.errors import InvalidInput
 from sepconv.service.rest import body as bodies
-from sepconv.service.rest import deps
+from sepconv.service.rest import deps, jsonfast
 from sepconv.service.rest.codec import encode_infer_response, parse_infer_request
 from sepconv.service.settings import Settings
 
@@ -127,13 +129,14 @@ class RestInfer:
     ``Inference-Header-Content-Length`` split; encode builds the response, compressed for
     ``Accept-Encoding``, with the header length when outputs are binary."""
 
-    __slots__ = ("headers", "limit", "request", "settings")
+    __slots__ = ("headers", "limit", "request", "settings", "shm")
 
-    def __init__(self, request: Request, settings: Settings) -> None:
+    def __init__(self, request: Request, settings: Settings, shm: SharedMemoryRegistry | None = None) -> None:
         self.request = request
         self.headers: Headers = request.headers
         self.settings = settings
         self.limit = settings.max_request_bytes
+        self.shm = shm
 
     async def decode(self) -> InferRequest:
         body = await self.request.body()
@@ -149,8 +152,11 @@ class RestInfer:
             except ValueError as exc:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not an integer") from exc
         s = self.settings
+        fast = jsonfast.parse(body, hl, self.shm, s.json_max_elements, s.json_max_containers)
+        if fast is not None:  # a JSON body decoded into typed buffers (the same request the reference gives)
+            return fast
         bodies.check_structure(body if hl is None else body[:max(hl, 0)], s.json_max_elements, s.json_max_containers)
-        return parse_infer_request(body, hl)
+        return parse_infer_request(body, hl, self.shm)
 
     def encode(self, response: InferResponse) -> Response:
         body, hlen = encode_infer_response(response)
@@ -167,8 +173,9 @@ async def handle_infer(request: Request, model_name: str, version: str | None) -
     """POST .../infer: one call into the data plane. A request is ``alone`` when it is the only HTTP request
     the server is handling (the scheduler may then run it on the event loop, see the scheduler's docstring)."""
     state = request.app.state
-    return await state.dataplane.infer(model_name, version, RestInfer(request, state.settings),
-                                       alone=state.in_flight.count <= 1)
+    dataplane = state.dataplane
+    return await dataplane.infer(model_name, version, RestInfer(request, state.settings, dataplane.shm),
+                                 alone=state.in_flight.count <= 1)
 
 
 @router.post("/v2/models/{model_name}/infer")
@@ -272,26 +279,53 @@ async def set_model_trace(request: Request, model_name: str) -> Response:
     return _json(deps.dataplane(request).set_trace_settings(body, model_name))
 
 
+def _local_client(request: Request) -> bool:
+    """Whether the peer is on this host (a loopback address): shared memory is for such clients."""
+    client = request.client
+    host = client.host if client is not None else ""
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") or host.startswith("::ffff:127.")
+
+
 @router.get("/v2/systemsharedmemory/status")
 @router.get("/v2/systemsharedmemory/region/{region}/status")
-@router.get("/v2/cudasharedmemory/status")
-@router.get("/v2/cudasharedmemory/region/{region}/status")
 async def shm_status(request: Request, region: str | None = None) -> Response:
     return _json(deps.dataplane(request).shared_memory_status(region))
 
 
-@router.post("/v2/systemsharedmemory/register")
 @router.post("/v2/systemsharedmemory/region/{region}/register")
-@router.post("/v2/cudasharedmemory/register")
-@router.post("/v2/cudasharedmemory/region/{region}/register")
-async def shm_register(request: Request, region: str | None = None) -> Response:
-    deps.dataplane(request).register_shared_memory()
+async def shm_register(request: Request, region: str) -> Response:
+    body = await bodies.json_object(request)
+    deps.dataplane(request).register_shared_memory(region, body.get("key"), body.get("offset", 0),
+                                                   body.get("byte_size"), local=_local_client(request))
     return _json({})
 
 
 @router.post("/v2/systemsharedmemory/unregister")
 @router.post("/v2/systemsharedmemory/region/{region}/unregister")
+async def shm_unregister(request: Request, region: str | None = None) -> Response:
+    deps.dataplane(request).unregister_shared_memory(region)
+    return _json({})
+
+
+@router.get("/v2/cudasharedmemory/status")
+@router.get("/v2/cudasharedmemory/region/{region}/status")
+async def cuda_shm_status(request: Request, region: str | None = None) -> Response:
+    return _json(deps.dataplane(request).shared_memory_status(region, cuda=True))
+
+
+@router.post("/v2/systemsharedmemory/register")
+@router.post("/v2/cudasharedmemory/register")
+@router.post("/v2/cudasharedmemory/region/{region}/register")
+async def cuda_shm_register(request: Request, region: str | None = None) -> Response:
+    cuda = request.url.path.startswith("/v2/cuda")
+    if not cuda:
+        raise InvalidInput("register a system shared-memory region at /v2/systemsharedmemory/region/{name}/register")
+    deps.dataplane(request).register_shared_memory(region, None, 0, 0, local=False, cuda=True)
+    return _json({})
+
+
 @router.post("/v2/cudasharedmemory/unregister")
 @router.post("/v2/cudasharedmemory/region/{region}/unregister")
-async def shm_unregister(region: str | None = None) -> Response:
+async def cuda_shm_unregister(request: Request, region: str | None = None) -> Response:
+    deps.dataplane(request).unregister_shared_memory(region, cuda=True)
     return _json({})

@@ -22,6 +22,11 @@ process, and runs of its batch size measured under 20 ms) runs on the event loop
 2% of a MobileNet run), and with nothing else in progress there is nobody for the loop to serve
 meanwhile (a request arriving during that run is read when it ends, and queued as usual).
 
+Spinning (see :mod:`sepconv.service.runtime.serving`): a model may have a second session whose intra-op threads
+busy-wait between parallel sections (ORT's default, ``inline_session``); the inline path, where the request is
+alone, runs on it and gets ORT-default speed; queued and batched runs, under concurrency, use the main session,
+whose threads sleep when idle and leave the cores to the event loop and the other runs.
+
 The configured ``max_queue_delay`` is spent only while requests have recently been arriving faster
 than that delay (an exponentially weighted mean of the gaps between arrivals): then waiting can fill a
 batch. A client sending one request at a time would only be slowed by it, so it is not made to wait.
@@ -111,8 +116,10 @@ class Scheduler:
 
     def __init__(self, session: Session, output_names: list[str], executor: Executor, *, max_batch_size: int,
                  batching: DynamicBatching | None, workers: int = 1, on_execution: OnExecution | None = None,
-                 label: str = "", adaptive: bool = True, inline_max_ns: int = _INLINE_MAX_NS) -> None:
+                 label: str = "", adaptive: bool = True, inline_max_ns: int = _INLINE_MAX_NS,
+                 inline_session: Session | None = None) -> None:
         self.session = session
+        self.inline_session = inline_session or session
         self.output_names = list(output_names)
         self.executor = executor
         self.max_batch_size = max(1, int(max_batch_size))
@@ -202,7 +209,7 @@ class Scheduler:
         self._busy += 1
         _RUNNING.add(1)
         try:
-            result = self._execute_one(job, [n for n in self.output_names if n in job.outputs])
+            result = self._execute_one(job, [n for n in self.output_names if n in job.outputs], self.inline_session)
         finally:
             _RUNNING.add(-1)
             self._busy -= 1
@@ -363,11 +370,12 @@ class Scheduler:
             self.on_execution(total, t1 - t0, t2 - t1, t3 - t2)
         return results
 
-    def _execute_one(self, job: Job, names: list[str]) -> dict[str, np.ndarray] | BaseException:
-        """One request alone (in a run thread, or inline on the loop)."""
+    def _execute_one(self, job: Job, names: list[str],
+                     session: Session | None = None) -> dict[str, np.ndarray] | BaseException:
+        """One request alone (in a run thread, or inline on the loop: ``session`` = the inline session)."""
         t0 = time.perf_counter_ns()
         try:
-            outs = self.session.run(names, job.inputs)
+            outs = (session or self.session).run(names, job.inputs)
         except Exception as exc:  # noqa: BLE001 - ORT reports bad input through many exception types
             return InvalidInput(f"inference failed: {str(exc).strip()[:500]}")
         t1 = time.perf_counter_ns()
