@@ -23,7 +23,9 @@ per-layer medians drop the preemptions the e2e median keeps. So the trace is use
 how a run's time divides among layers — and the untraced session for how long a run takes:
 
 1. the tracing cost per node, measured on this device (:mod:`sepconv.service.profiling.roofline`, cached with the
-   ceilings), is taken off every node event of every traced run (never below 0): small layers are not inflated;
+   ceilings), is taken off every node event of every traced run, at most half of the event (an event shorter than
+   twice the estimated cost keeps half its time: the estimate is a median, and no layer is ever timed at zero);
+   small layers are not inflated;
 2. each layer's samples are scaled by one factor, ``scale`` = e2e p50 / (sum of the corrected layer p50s), so
    the rows' p50s sum to the e2e p50 and each row keeps its share and its p50/p90 spread.
 
@@ -286,7 +288,7 @@ def _measure_traced(path: str | bytes, original: onnx.ModelProto, layers: list[d
     mapping = pt.map_nodes(original, layers, runtime_graph, extra_nodes=seen)
     pt.attribute_by_order(mapping, pt.execution_order(events))
     raw, _ = pt.layer_samples(runs, mapping, [la["name"] for la in layers])
-    corrected = [{node: max(0.0, dur - cost_per_node) for node, dur in run.items()} for run in runs]
+    corrected = [{node: dur - min(cost_per_node, 0.5 * dur) for node, dur in run.items()} for run in runs]
     samples, unattributed = pt.layer_samples(corrected, mapping, [la["name"] for la in layers])
     measured = _Measured(samples, e2e_us, execution_provider, pt.annotate(events, mapping, plan.warmup))
     for node, layer in mapping.node_layer.items():
