@@ -27,6 +27,10 @@ def test_32_concurrent_clients_no_cross_talk(server) -> None:
             plans[(c, r)] = (x, sess.run(["logits"], {"input": x})[0])
 
     stats_client = httpclient.InferenceServerClient(server.hostport)
+    # A fresh scheduler: the adaptive batcher remembers per-batch-size costs, and what earlier tests taught it
+    # (batch 1 cheapest per image on a loaded CPU) would make coalescing here a matter of luck; a fresh one
+    # explores the larger batch sizes first, whenever more than one request is queued.
+    stats_client.load_model(model)
     before = stats_client.get_inference_statistics(model, "3")["model_stats"][0]
 
     async def one_client(c: int) -> list[tuple[int, int, str, np.ndarray]]:
