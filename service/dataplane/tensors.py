@@ -5,6 +5,7 @@
 * :func:`tensor_from_bytes` — a tensor of a V2 datatype and shape from its raw bytes (size checked; a view when
   the buffer is aligned, else a copy);
 * :func:`tensor_bytes` — a tensor's raw bytes (a buffer, no copy when it is already contiguous little-endian);
+* :func:`check_shape` — the limits every transport puts on a declared shape (rank, dimensions, element count);
 * :func:`shm_input` — an input tensor read from a registered shared-memory region
   (:mod:`sepconv.service.dataplane.shm`).
 
@@ -22,6 +23,22 @@ import numpy as np
 from sepconv.service.dataplane.shm import SharedMemoryRegistry, TensorRef
 from sepconv.service.datatypes import V2_TO_NUMPY
 from sepconv.service.errors import InvalidInput
+
+MAX_RANK = 32  # numpy allows 64 dimensions; no model here needs more than a handful
+MAX_DIM = 2**31 - 1
+
+
+def check_shape(shape: list[int], name: str) -> list[int]:
+    """``shape`` (a list of ints) if its rank, dimensions and element count are within the limits, else
+    ``InvalidInput`` naming the input. Even an empty tensor (a 0 somewhere) cannot have more than ``MAX_DIM``
+    elements in its other dimensions."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions (at most {MAX_RANK})")
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
+    if any(d > MAX_DIM for d in shape) or math.prod(d or 1 for d in shape) > MAX_DIM:
+        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
+    return shape
 
 
 def decode_bytes_elements(buf: memoryview, count: int, name: str) -> np.ndarray:

@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 
 from sepconv.service.dataplane.shm import SharedMemoryRegistry, TensorRef, tensor_ref
-from sepconv.service.dataplane.tensors import decode_bytes_elements, shm_input, tensor_bytes
+from sepconv.service.dataplane.tensors import check_shape, decode_bytes_elements, shm_input, tensor_bytes
 from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from sepconv.service.datatypes import V2_TO_NUMPY
 from sepconv.service.errors import InvalidInput
 from sepconv.service.grpc.generated import grpc_service_pb2 as pb
 
 # The shape limits are the REST codec's (one rule for both transports).
-from sepconv.service.rest.codec import MAX_DIM, MAX_RANK
 
 # datatype -> the InferTensorContents field that carries it (FP16 and BF16 have none: raw only)
 CONTENTS_FIELD: dict[str, str] = {
@@ -53,14 +52,7 @@ _ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
 
 
 def _shape(dims: Any, name: str) -> list[int]:
-    shape = list(dims)
-    if len(shape) > MAX_RANK:
-        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions (at most {MAX_RANK})")
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a negative dimension")
-    if any(d > MAX_DIM for d in shape) or math.prod(d or 1 for d in shape) > MAX_DIM:
-        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
-    return shape
+    return check_shape(list(dims), name)
 
 
 def parameters_dict(params: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import orjson
 
 from sepconv.service.dataplane.shm import SharedMemoryRegistry, tensor_ref
 from sepconv.service.dataplane.tensors import (
+    check_shape,
     decode_bytes_elements,
     encode_bytes_elements,
     shm_input,
@@ -34,7 +35,7 @@ from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTe
 from sepconv.service.datatypes import V2_TO_NUMPY, element_size
 from sepconv.service.errors import InvalidInput
 
-__all__ = ["MAX_DIM", "MAX_RANK", "decode_bytes_elements", "encode_bytes_elements", "encode_infer_response",
+__all__ = ["decode_bytes_elements", "encode_bytes_elements", "encode_infer_response",
            "json_data", "parse_infer_request", "request_from_header"]
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
@@ -44,21 +45,12 @@ def _bad(message: str) -> InvalidInput:
     return InvalidInput(message)
 
 
-MAX_RANK = 32  # numpy allows 64 dimensions; no model here needs more than a handful
-MAX_DIM = 2**31 - 1
 
 
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise _bad(f"input {name!r}: 'shape' must be a list of integers")
-    if len(value) > MAX_RANK:
-        raise _bad(f"input {name!r}: shape has {len(value)} dimensions (at most {MAX_RANK})")
-    if any(d < 0 for d in value):
-        raise _bad(f"input {name!r}: shape {value} has a negative dimension")
-    if any(d > MAX_DIM for d in value) or math.prod(d or 1 for d in value) > MAX_DIM:
-        # even an empty tensor (a 0 somewhere) cannot have more than this many elements in its other dims
-        raise _bad(f"input {name!r}: shape {value} is too large")
-    return value
+    return check_shape(value, name)
 
 
 def _bool_param(params: dict[str, Any], key: str, where: str) -> bool | None:
