@@ -314,12 +314,13 @@ async def cuda_shm_status(request: Request, region: str | None = None) -> Respon
 
 
 @router.post("/v2/systemsharedmemory/register")
+async def shm_register_unnamed() -> Response:
+    raise InvalidInput("register a system shared-memory region at /v2/systemsharedmemory/region/{name}/register")
+
+
 @router.post("/v2/cudasharedmemory/register")
 @router.post("/v2/cudasharedmemory/region/{region}/register")
 async def cuda_shm_register(request: Request, region: str | None = None) -> Response:
-    cuda = request.url.path.startswith("/v2/cuda")
-    if not cuda:
-        raise InvalidInput("register a system shared-memory region at /v2/systemsharedmemory/region/{name}/register")
     deps.dataplane(request).register_shared_memory(region, None, 0, 0, local=False, cuda=True)
     return _json({})
 
