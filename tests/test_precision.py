@@ -5,6 +5,7 @@ serving and profiling the INT8 / FP16 exports of imported-weight fixtures."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import httpx
@@ -200,6 +201,25 @@ def test_unknown_precision_method_and_fp32_calibration_are_refused(tmp_path: Pat
                     *args)
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert not any(tmp_path.rglob("*.onnx"))
+
+
+def test_summary_reports_precision_and_drift(calib: Path) -> None:
+    """``sepconv summary --precision``: the same accounting as FP32 plus ``precision`` and the drift report; FP32 keeps
+    DESIGN.md's exact key set; a bad precision is a clean error."""
+    base = ["summary", "mobilenet_v2", "--alpha", "0.35", "--resolution", "96", "--json"]
+    fp32 = json.loads(sepconv(*base).stdout)
+    assert "precision" not in fp32 and "drift" not in fp32
+    for precision in ("int8", "fp16"):
+        r = sepconv(*base, "--precision", precision, "--calibration", str(calib))
+        assert r.returncode == 0, r.stderr
+        s = json.loads(r.stdout)
+        assert s["precision"] == precision and s["total_params"] == fp32["total_params"] == 1691208
+        assert s["macs"] == fp32["macs"] and len(s["layers"]) == len(fp32["layers"])
+        drift = s["drift"]
+        assert drift["precision"] == precision and math.isfinite(drift["output"]["snr_db"])
+        assert {row["name"] for row in drift["layers"]} <= {la["name"] for la in fp32["layers"]}
+    r = sepconv(*base, "--precision", "int4")
+    assert r.returncode == 2 and "unknown precision 'int4'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_load_calibration_accepts_float64_and_checks_against_the_model(tmp_path: Path) -> None:

@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from sepconv.commands.options import KeepBN, Layout, NoTop, Resolution, Seed, fail
+from sepconv.commands.options import (
+    Calibration,
+    CalibrationMethod,
+    KeepBN,
+    Layout,
+    NoTop,
+    Precision,
+    Resolution,
+    Seed,
+    fail,
+)
 from sepconv.export.errors import ExportError
 from sepconv.export.repository.layout import DEFAULT_MAX_BATCH, DEFAULT_REPO, DEFAULT_VERSION
 
@@ -41,14 +51,9 @@ def export(
     repo: Annotated[Path | None, typer.Option("--repo", help="model repository folder (default models)")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size in config.pbtxt")] = DEFAULT_MAX_BATCH,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 17,  # graph.DEFAULT_OPSET (which imports onnx)
-    precision: Annotated[str, typer.Option(
-        "--precision", help="fp32 | fp16 (FP32 inputs/outputs kept) | int8 (static QDQ, per-channel weights)",
-    )] = "fp32",
-    calibration: Annotated[Path | None, typer.Option(
-        "--calibration", help="int8 calibration (and drift-report) inputs: a .npy [N, ...] in the model's input "
-                              "layout, or a folder of images (preprocessed the model's way)")] = None,
-    calibration_method: Annotated[str, typer.Option(
-        "--calibration-method", help="int8 ranges: minmax | entropy | percentile")] = "minmax",
+    precision: Precision = "fp32",
+    calibration: Calibration = None,
+    calibration_method: CalibrationMethod = "minmax",
     catalog: Annotated[bool, typer.Option(
         "--catalog", help="export every model a catalog lists (file: the positional argument)")] = False,
     force: Annotated[bool, typer.Option("--force", help="re-export even when the model is up to date")] = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +17,13 @@ Padding = Annotated[str, typer.Option("--padding", help="same (TF/Keras exact) |
 Layout = Annotated[str, typer.Option("--input-layout", help="NCHW | NHWC")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of the random (Keras-initialiser) weights")]
 KeepBN = Annotated[bool, typer.Option("--keep-bn", help="keep BatchNormalization nodes instead of folding them")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="fp32 | fp16 (FP32 inputs/outputs kept) | int8 (static QDQ, per-channel weights)")]
+Calibration = Annotated[Path | None, typer.Option(
+    "--calibration", help="int8 calibration (and drift-report) inputs: a .npy [N, ...] in the model's input "
+                          "layout, or a folder of images (preprocessed the model's way)")]
+CalibrationMethod = Annotated[str, typer.Option(
+    "--calibration-method", help="int8 ranges: minmax | entropy | percentile")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
