@@ -139,19 +139,6 @@ def mode_pads(mode: str, in_hw: tuple[int, int], kernel_hw: tuple[int, int], str
     return Pads(0, 0, 0, 0)  # VALID
 
 
-def resolve_padding(
-    padding: PaddingSpec,
-    in_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    strides: tuple[int, int],
-    dilations: tuple[int, int],
-    data_format: str = "NHWC",
-) -> Pads:
-    """Turn a TF padding argument (any form :func:`parse_padding` reads) into explicit pads."""
-    form = parse_padding(padding, data_format)
-    return form if isinstance(form, Pads) else mode_pads(form, in_hw, kernel_hw, strides, dilations)
-
-
 def conv_output_hw(
     in_hw: tuple[int, int],
     kernel_hw: tuple[int, int],

@@ -45,7 +45,7 @@ TORCHVISION_RESIZE_RATIO = (256, 224)  # torchvision's ImageNet evaluation: resi
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 _GREY_MODES = {
-    "L": "greyscale", "1": "1-bit black and white", "LA": "greyscale with alpha", "La": "greyscale with alpha",
+    "L": "greyscale", "1": "1-bit black and white", "LA": "greyscale with alpha",
     "P": "palette", "PA": "palette with alpha", "RGBA": "RGB with alpha", "RGBa": "RGB with alpha",
     "RGBX": "RGB with padding", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "CIELab", "HSV": "HSV",
 }

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from sepconv.export import layers
+from sepconv.export.errors import ExportError
 from sepconv.export.graph import GraphBuilder, Kind
 from sepconv.export.padding import ConvGeometry
 from sepconv.export.repository.layout import MetaKey
@@ -78,6 +79,12 @@ def build(key: ConvKey, weights: np.random.Generator | None = None) -> ConvGraph
     ``weights=None``: filters and bias are graph inputs (one graph serves any values: ``/v1/conv``);
     a generator: they are seeded standard-normal constants in the graph, as in a deployed model, so that
     ONNX Runtime can pre-pack them (the profiler's single-layer graphs)."""
+    g = key.geometry
+    if key.op != "conv2d" and max(g.dilations) > 1 and max(g.strides) > 1:
+        # TF's API (what /v1/conv and /v1/profile/conv follow); the layers themselves compute it, as PyTorch does
+        raise ExportError(f"{key.op}: dilations {list(g.dilations)} > 1 together with strides {list(g.strides)} > 1 "
+                          "is not supported — TensorFlow requires all strides to be 1 when rate/dilations > 1 "
+                          "(atrous depthwise convolution)")
     c, h, w = key.chw
     layout = key.geometry.data_format
     b = GraphBuilder(f"sepconv_{key.op}")

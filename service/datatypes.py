@@ -56,19 +56,6 @@ V2_TO_CONFIG: dict[str, str] = {
 }
 CONFIG_TO_V2: dict[str, str] = {v: k for k, v in V2_TO_CONFIG.items()}
 
-NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items() if k != "BYTES"}
-
-
-def numpy_to_v2(dtype: np.dtype) -> str:
-    dtype = np.dtype(dtype)
-    if dtype.kind in "OSU":
-        return "BYTES"
-    v2 = NUMPY_TO_V2.get(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype)
-    if v2 is None:
-        raise ValueError(f"no V2 datatype for numpy dtype {dtype}")
-    return v2
-
-
 def element_size(datatype: str) -> int:
     """Bytes per element in the binary encoding (0 for BYTES, which is length-prefixed)."""
     if datatype == "BYTES":

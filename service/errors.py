@@ -2,7 +2,7 @@
 
 Code below the transports (data plane, registry, runtime, conv and profiling engines) raises these;
 each transport maps them to its own status codes in one table (REST: :mod:`sepconv.service.rest.errors`,
-``HTTP_STATUS``; gRPC will map the same classes to gRPC codes). A message is always for the client: say
+``HTTP_STATUS``; gRPC: :mod:`sepconv.service.grpc.errors`, ``GRPC_STATUS``). A message is always for the client: say
 what was wrong and what to do, never a traceback or a server path.
 
 ==========================  ================================================  ====  ==================

@@ -6,6 +6,7 @@ settings class.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,8 @@ class Settings(BaseSettings):
                                                              "GRPCInferenceService) on the same host; 0 = no gRPC")
     grpc_max_concurrent_rpcs: int = Field(256, ge=1, description="gRPC calls (unary or open streams) handled at "
                                                                   "once; past it RESOURCE_EXHAUSTED (bounds the "
-                                                                  "memory of messages held: this x max_request_bytes)")
+                                                                  "memory of messages held: this x max_request_bytes; "
+                                                                  "a stream holds at most max_request_bytes)")
     grpc_max_streams_per_connection: int = Field(64, ge=1, description="concurrent HTTP/2 streams one gRPC "
                                                                        "connection may open")
     grpc_max_idle_s: float = Field(300.0, gt=0, description="a gRPC connection with no call for this long is closed "
@@ -138,9 +140,31 @@ class Settings(BaseSettings):
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, ``localhost``, or a ``Host`` header's name, brackets allowed) is this machine:
+    127.0.0.0/8, ::1, or IPv4-mapped 127.x. The one check both transports and the start-up rule use."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def host_of(header: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:8000`` -> ``::1``)."""
+    header = header.strip()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
 def admin_problem(settings: Settings) -> str | None:
     """Why ``settings`` must not start a server (model control 'explicit' beyond loopback without a token)."""
-    if settings.model_control == "explicit" and not settings.admin_token and settings.host not in LOOPBACK_HOSTS:
+    if settings.model_control == "explicit" and not settings.admin_token and not is_loopback(settings.host):
         return (f"--model-control explicit on {settings.host} (beyond loopback) needs SEPCONV_ADMIN_TOKEN: anyone "
                 "who can reach the port could load and unload models")
     return None

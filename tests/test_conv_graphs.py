@@ -90,7 +90,7 @@ def test_cache_is_a_bounded_lru_with_counters() -> None:
     def builder(key: ConvKey):
         def make() -> CompiledConv:
             built.append(key)
-            return CompiledConv(graph=build(key), session=None, provider="CPUExecutionProvider", build_ms=0.0)
+            return CompiledConv(graph=build(key), session=None, provider="CPUExecutionProvider")
         return make
 
     k1, k2, k3 = _key(), _key(geometry=ConvGeometry(strides=2, padding=Pads(0, 1, 0, 1))), _key(activation="relu")

@@ -176,3 +176,13 @@ def test_catalog_defaults_apply(tmp_path):
     finally:
         os.chdir(cwd)
     assert all((tmp_path / r.path).is_file() for r in results)
+
+
+def test_catalog_entry_with_weights_needs_a_name(tmp_path: Path) -> None:
+    """Its default name would take the width from the file, unknown before reading it: refused, with the reason."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[[model]]\narch = "mobilenet_v2"\nweights = "w.h5"\n')
+    with pytest.raises(ExportError, match="needs a 'name'"):
+        load_catalog(catalog)
+    catalog.write_text('[[model]]\narch = "mobilenet_v2"\nweights = "w.h5"\nname = "mine"\n')
+    assert load_catalog(catalog)[1][0].model_name == "mine"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sepconv.export.errors import ExportError
-from sepconv.export.padding import MAX_SPATIAL, resolve_padding, spatial_pair
+from sepconv.export.padding import MAX_SPATIAL, ConvGeometry, spatial_pair
 from sepconv.service.app import create_app
 from sepconv.service.settings import Settings
 from tests.serving import running_server
@@ -64,7 +64,7 @@ def test_padding_rules_stay_strict_in_export() -> None:
         with pytest.raises(ExportError):
             spatial_pair(bad, "strides")
     with pytest.raises(ExportError):
-        resolve_padding([[0, 0], [1.0, 1], [1, 1], [0, 0]], (4, 4), (3, 3), (1, 1), (1, 1))
+        ConvGeometry(1, [[0, 0], [1.0, 1], [1, 1], [0, 0]])
 
 
 # 51 MB of `[[0]],` passed every size check (9 M elements < 16 Mi) and took the server to 3.6 GB of RSS

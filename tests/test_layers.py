@@ -298,9 +298,9 @@ def test_bad_layer_arguments_raise_export_error(op, filters, kw, message):
 # --------------------------------------------------------------------------------------------
 def _explicit_pads(case, x_shape):
     """The padding case as [[top, bottom], [left, right]]."""
-    from sepconv.export.padding import resolve_padding  # noqa: PLC0415 - only for translating into the frameworks
+    from sepconv.export.padding import ConvGeometry  # noqa: PLC0415 - only for translating into the frameworks
 
-    pads = resolve_padding(case["padding"], x_shape[1:3], case["k"], case["s"], case["d"])
+    pads = ConvGeometry(case["s"], case["padding"], case["d"]).pads(x_shape[1:3], case["k"])
     return [[pads.top, pads.bottom], [pads.left, pads.right]]
 
 

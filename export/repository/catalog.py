@@ -249,6 +249,10 @@ def load_catalog(path: Path = DEFAULT_CATALOG) -> tuple[Path, list[ExportRequest
                               f"known: {', '.join(sorted(_FIELDS))}")
         if "arch" not in merged:
             raise ExportError(f"catalog {path}, model #{i}: 'arch' is required")
+        if merged.get("weights") and merged.get("name") is None and merged.get("alpha") is None:
+            # its default name takes the width from the weights file, unknown until it is read: progress, error
+            # messages and the duplicate check below need the name now
+            raise ExportError(f"catalog {path}, model #{i}: an entry with 'weights' needs a 'name' (or its 'alpha')")
         for attr in ("weights", "calibration", "labels"):
             if merged.get(attr):
                 merged[attr] = Path(merged[attr])

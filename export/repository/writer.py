@@ -134,15 +134,13 @@ def read_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def is_up_to_date(repo: Path, name: str, version: int, key: str, config_text: str | None = None) -> bool:
-    """True when the model file exists with the same export key (and, if given, the same config)."""
+def is_up_to_date(repo: Path, name: str, version: int, key: str) -> bool:
+    """True when the model file and its config exist and the model carries the same export key."""
     path = model_path(repo, name, version)
     cfg = config_path(repo, name)
     if not path.is_file() or not cfg.is_file():
         return False
     if f'label_filename: "{LABELS_FILE}"' in cfg.read_text() and not (model_dir(repo, name) / LABELS_FILE).is_file():
-        return False
-    if config_text is not None and cfg.read_text() != config_text:
         return False
     try:
         return read_metadata(path).get(MetaKey.EXPORT_KEY) == key

@@ -21,7 +21,6 @@ class CompiledConv:
     graph: ConvGraph
     session: Any  # onnxruntime.InferenceSession
     provider: str  # the provider the session really runs on (first of get_providers())
-    build_ms: float
 
 
 class ConvCache:

@@ -196,10 +196,5 @@ def from_b64(value: dict) -> np.ndarray:
     return decode(peek("tensor", value))
 
 
-def from_list(value: Any) -> np.ndarray:
-    """Decode a nested list as :func:`encode` writes it (non-finite strings included)."""
-    return decode(peek("tensor", value))
-
-
 def to_b64(array: np.ndarray) -> dict:
     return encode(array, B64)

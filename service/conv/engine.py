@@ -67,7 +67,7 @@ class ConvEngine:
     def run(self, call: ConvCall, graph: ConvGraph) -> dict[str, Any]:
         """Decode, run ``graph``'s session (compiled on a cache miss) and build the response object."""
         feeds = {name: codec.decode(ref) for name, ref in call.tensors.items()}
-        compiled, was_cached = self.cache.get_or_build(call.key, lambda: self._compile(graph, call.provider))
+        compiled, was_cached = self.cache.get_or_build(call.key, lambda: self._compile(graph))
         start = time.perf_counter()
         (output,) = compiled.session.run(["output"], feeds)
         elapsed_ms = (time.perf_counter() - start) * 1e3
@@ -94,8 +94,7 @@ class ConvEngine:
         except ExportError as exc:
             raise Unprocessable(str(exc)) from None
 
-    def _compile(self, graph: ConvGraph, provider: str | None) -> CompiledConv:
-        start = time.perf_counter()
-        session = make_session(graph.to_onnx().SerializeToString(), self.settings, providers=provider)
-        return CompiledConv(graph=graph, session=session, provider=session.get_providers()[0],
-                            build_ms=(time.perf_counter() - start) * 1e3)
+    def _compile(self, graph: ConvGraph) -> CompiledConv:
+        session = make_session(graph.to_onnx().SerializeToString(), self.settings,
+                               providers=list(graph.key.providers))  # resolved once, by the request's plan
+        return CompiledConv(graph=graph, session=session, provider=session.get_providers()[0])

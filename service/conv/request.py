@@ -200,7 +200,6 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
                                 data_format)
     except ExportError as exc:
         raise Unprocessable(str(exc)) from None
-    strides, dilations = geometry.strides, geometry.dilations
 
     first = filters[0].field if op == "separable_conv2d" else "filter"
     if cin != c:
@@ -215,10 +214,6 @@ def _parse(op: str, body: Any, settings: Settings) -> ConvCall:
         if pw[2] != cin * mult:
             raise Unprocessable(f"pointwise_filter has in_channels {pw[2]}, but the depthwise stage outputs "
                                 f"in_channels * channel_multiplier = {cin} * {mult} = {cin * mult} channels")
-    if op != "conv2d" and max(dilations) > 1 and max(strides) > 1:
-        raise Unprocessable(f"{op}: dilations {list(dilations)} > 1 together with strides {list(strides)} > 1 is "
-                            "not supported — TensorFlow requires all strides to be 1 when rate/dilations > 1 "
-                            "(atrous depthwise convolution)")
     out_channels = filters[-1].shape[3] * (cin if op == "depthwise_conv2d" else 1)
     if bias is not None:
         if len(bias.shape) != 1 or bias.shape[0] != out_channels:

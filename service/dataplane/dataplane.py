@@ -226,21 +226,23 @@ class DataPlane:
         metrics.queue.observe(job.queue_ns / 1e9)
 
     # -- repository ----------------------------------------------------------------------------------
-    def authorize(self, token: str | None, *, cross_origin: bool = False) -> None:
-        """The admin check for state-changing calls (repository load/unload, log settings): refused from a
-        cross-origin browser request (``cross_origin``, the transport's judgement) and with model control
-        ``none``; with ``explicit``, ``token`` (the bearer token the client sent, ``None`` when it sent none)
-        must match ``settings.admin_token`` when one is set (without one the server listens on loopback only:
-        :func:`~sepconv.service.settings.admin_problem`)."""
-        if cross_origin:
-            raise PermissionDenied("cross-origin requests may not change this server's models or settings "
-                                   "(the request's Origin is not this server)")
+    def authorize(self, token: str | None, *, loopback_host: bool = True) -> None:
+        """The admin check for state-changing calls (repository load/unload, log settings): refused with model
+        control ``none``; with ``explicit``, ``token`` (the bearer token the client sent, ``None`` when it sent
+        none) must match ``settings.admin_token`` when one is set. Without one the server listens on loopback only
+        (:func:`~sepconv.service.settings.admin_problem`), and the request must name this machine
+        (``loopback_host``, the transport's judgement of the ``Host`` it was sent to): a web page that rebinds its
+        own DNS name to 127.0.0.1 names its own host. (Cross-origin browser requests never get here: the REST
+        middleware refuses every state-changing one.)"""
         if self.settings.model_control != "explicit":
             raise PermissionDenied("model control is 'none': repository load/unload and log changes are off; "
                                    "start the server with --model-control explicit (SEPCONV_MODEL_CONTROL) "
                                    "and SEPCONV_ADMIN_TOKEN to allow them")
         expected = self.settings.admin_token
         if not expected:
+            if not loopback_host:
+                raise PermissionDenied("without SEPCONV_ADMIN_TOKEN, repository and log changes must be sent to this "
+                                       "machine by a loopback name (127.0.0.1, localhost, [::1])")
             return
         if token is None:
             raise Unauthenticated("this repository operation needs an 'Authorization: Bearer <token>' header")

@@ -182,9 +182,9 @@ class SharedMemoryRegistry:
 
     def read(self, ref: TensorRef, what: str) -> np.ndarray:
         """A copy of the ``ref.byte_size`` bytes at ``ref`` (uint8, aligned for any datatype)."""
-        out = np.empty(ref.byte_size, dtype=np.uint8)
         with self._lock:
-            region = self._place(ref, what)
+            region = self._place(ref, what)  # before allocating: the size is the client's, checked against the region
+            out = np.empty(ref.byte_size, dtype=np.uint8)
             got = os.preadv(region.fd, [out], region.offset + ref.offset) if ref.byte_size else 0
         if got != ref.byte_size:
             raise InvalidInput(f"{what}: shared memory region {ref.region!r} ends before the tensor (its object "

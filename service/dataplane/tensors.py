@@ -24,6 +24,10 @@ from sepconv.service.dataplane.shm import SharedMemoryRegistry, TensorRef
 from sepconv.service.datatypes import V2_TO_NUMPY
 from sepconv.service.errors import InvalidInput
 
+# A request body larger than this is decoded in a worker thread: decoding (BYTES elements, JSON numbers) is Python
+# work of up to ~0.1 s per MiB, and on the event loop it would stall every other request of every transport meanwhile.
+DECODE_OFFLOAD_BYTES = 4 * 1024 * 1024
+
 MAX_RANK = 32  # numpy allows 64 dimensions; no model here needs more than a handful
 MAX_DIM = 2**31 - 1
 

@@ -35,6 +35,7 @@ GRPC_STATUS: dict[type[e.ServiceError], grpc.StatusCode] = {
     e.Unavailable: grpc.StatusCode.UNAVAILABLE,
     e.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.Busy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.RequestTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     e.Overloaded: grpc.StatusCode.UNAVAILABLE,
     e.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     e.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,

@@ -34,6 +34,7 @@ from google.protobuf import json_format
 
 from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.dataplane.shm import SharedMemoryRegistry
+from sepconv.service.dataplane.tensors import DECODE_OFFLOAD_BYTES
 from sepconv.service.dataplane.types import InferRequest, InferResponse
 from sepconv.service.errors import NotFound, ServiceError
 from sepconv.service.grpc import codec
@@ -41,10 +42,12 @@ from sepconv.service.grpc.errors import message_of, rpc
 from sepconv.service.grpc.generated import grpc_service_pb2 as pb
 from sepconv.service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from sepconv.service.grpc.generated import model_config_pb2
+from sepconv.service.settings import is_loopback
 
 log = logging.getLogger("sepconv.grpc")
 
-# requests of one stream being decoded/queued/run at once; the stream stops reading past it (flow control)
+# requests of one stream being decoded/queued/run at once; the stream stops reading past it (flow control), and
+# past max_request_bytes of messages held (one request always passes): a stream holds what one request may
 STREAM_WINDOW = 64
 
 
@@ -64,6 +67,8 @@ class GrpcInfer:
         self.shm = shm
 
     async def decode(self) -> InferRequest:
+        if self.request.ByteSize() > DECODE_OFFLOAD_BYTES:
+            return await asyncio.to_thread(codec.decode_request, self.request, self.shm)
         return codec.decode_request(self.request, self.shm)
 
     def encode(self, response: InferResponse) -> Any:
@@ -94,15 +99,11 @@ async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> None:
 
 def local_peer(context: grpc.aio.ServicerContext) -> bool:
     """Whether the peer is on this host: a loopback address or a Unix socket."""
-    peer = context.peer() or ""
-    kind, _, address = peer.partition(":")
+    kind, _, address = (context.peer() or "").partition(":")
     if kind == "unix":
         return True
-    if kind == "ipv4":
-        return address.startswith("127.")
-    if kind == "ipv6":
-        host = address.rpartition(":")[0].strip("[]")
-        return host == "::1" or host.startswith("::ffff:127.")
+    if kind in ("ipv4", "ipv6"):
+        return is_loopback(address.rpartition(":")[0])  # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"
     return False
 
 
@@ -187,15 +188,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """Read requests while earlier ones run; answer each in the order it came."""
-        pending: asyncio.Queue[asyncio.Task[Any] | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        pending: asyncio.Queue[tuple[asyncio.Task[Any], int] | None] = asyncio.Queue()
+        budget = self.dataplane.settings.max_request_bytes
+        held = [0, 0]  # bytes, requests
+        window = asyncio.Condition()
         failure: list[BaseException] = []
+
+        def room(size: int) -> bool:
+            return held[1] == 0 or (held[1] < STREAM_WINDOW and held[0] + size <= budget)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await window.acquire()
-                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request)))
+                    size = request.ByteSize()
+                    async with window:
+                        await window.wait_for(lambda size=size: room(size))
+                        held[0] += size
+                        held[1] += 1
+                    pending.put_nowait((asyncio.ensure_future(self._stream_one(request)), size))
             except Exception as exc:  # noqa: BLE001 - the call is broken (cancelled, message too large...)
                 failure.append(exc)
             finally:
@@ -203,18 +213,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         reader = asyncio.ensure_future(read())
         try:
-            while (task := await pending.get()) is not None:
+            while (item := await pending.get()) is not None:
+                task, size = item
                 response = await task
-                window.release()
+                async with window:
+                    held[0] -= size
+                    held[1] -= 1
+                    window.notify_all()
                 yield response
             if failure and not isinstance(failure[0], asyncio.CancelledError):
                 raise failure[0]
         finally:
             reader.cancel()
             while not pending.empty():
-                task = pending.get_nowait()
-                if task is not None:
-                    task.cancel()
+                item = pending.get_nowait()
+                if item is not None:
+                    item[0].cancel()
 
     # -- repository ------------------------------------------------------------------------------------
     @rpc

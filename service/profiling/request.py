@@ -24,12 +24,10 @@ from sepconv.export.errors import ExportError
 from sepconv.export.padding import ConvGeometry
 from sepconv.export.repository.layout import MetaKey
 from sepconv.service.conv.request import check_filter_size
-from sepconv.service.errors import InvalidInput, TooLarge
+from sepconv.service.errors import InvalidInput, TooLarge, Unprocessable
 from sepconv.service.profiling.sessions import CUDA, PROVIDERS, SessionSpec, with_threads
 from sepconv.service.runtime.sessions import available_providers
 from sepconv.service.settings import Settings
-
-METHODS = ("auto", "trace", "isolated")
 
 
 class ProfileRequest(BaseModel):
@@ -152,10 +150,17 @@ def model_macs(metadata: dict[str, str] | None) -> int | None:
         return None
 
 
+PROFILED_DATATYPES = frozenset({"FP32", "FP16", "FP64", "INT64", "INT32", "INT8", "UINT8", "BOOL"})
+
+
 def plan_profile(req: ProfileRequest, settings: Settings, *, model_max_batch: int | None = None,
-                 metadata: dict[str, str] | None = None) -> ProfilePlan:
-    """Validate ``req`` for a model (its ``max_batch_size`` and metadata: the compute budget uses the exporter's
-    multiply-adds when it has them); 400 for a bound, 413 over the compute budget."""
+                 metadata: dict[str, str] | None = None, inputs: dict[str, str] | None = None) -> ProfilePlan:
+    """Validate ``req`` for a model (its ``max_batch_size``, its metadata: the compute budget uses the exporter's
+    multiply-adds when it has them, and its inputs' V2 datatypes: a profile feeds random numbers); 400 for a
+    bound, 413 over the compute budget, 422 for a model a profile cannot feed."""
+    for name, datatype in (inputs or {}).items():
+        if datatype not in PROFILED_DATATYPES:
+            raise Unprocessable(f"a profile feeds random numbers; input {name!r} is {datatype}")
     check_runs(req.runs, req.warmup, settings)
     limit = settings.profile_max_batch
     why = "the server's profile_max_batch"
@@ -165,9 +170,7 @@ def plan_profile(req: ProfileRequest, settings: Settings, *, model_max_batch: in
         raise InvalidInput(f"batch_size must be between 1 and {limit} ({why}), got {req.batch_size}")
     check_compute(model_macs(metadata), req.batch_size, req.runs, req.warmup, settings)
     provider = check_provider(req.provider, req.threads)
-    method = req.method.strip().lower()
-    if method not in METHODS:
-        raise InvalidInput(f"unknown method {req.method!r}; use one of {', '.join(METHODS)}")
+    method = req.method  # a Literal of METHODS (pydantic refuses anything else)
     if method == "auto":
         method = "isolated" if provider == "cuda" else "trace"
     if method == "trace" and provider == "cuda":

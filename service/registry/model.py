@@ -14,7 +14,6 @@ SHA-256 taken at load: a file changed or truncated since is ``Unavailable``, nev
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -63,7 +62,6 @@ class LoadedModel:
     labels: dict[str, list[str]] = field(default_factory=dict)  # output name -> class labels (label_filename)
     stats: ModelStats = field(default_factory=ModelStats)
     scheduler: Scheduler | None = None  # attached by the serving hook (service.runtime.serving) on load
-    loaded_at: float = field(default_factory=time.time)
     sha256: str = ""  # of the model file's bytes the session was made from ("" = not recorded)
     metrics: ModelMetrics = field(init=False)
     input_map: dict[str, TensorSpec] = field(init=False)

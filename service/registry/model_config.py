@@ -21,8 +21,34 @@ from sepconv.service.registry import pbtxt
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 
-_REPEATED = {"input", "output", "instance_group", "preferred_batch_size", "dims", "gpus", "versions", "shape",
-             "batch_input", "batch_output", "model_warmup", "profile"}
+
+
+def _repeated_fields() -> frozenset[str]:
+    """The names of the repeated (list) fields of Triton's ``ModelConfig`` and every message in it, read from its
+    schema (the committed ``model_config.proto``), so fields this server does not act on are echoed back as lists
+    too — as Triton's JSON has them and as gRPC's ``ModelConfig`` parses them."""
+    from sepconv.service.grpc.generated import model_config_pb2  # noqa: PLC0415 - Triton's schema
+
+    names: set[str] = set()
+    seen: set[str] = set()
+
+    def walk(message) -> None:  # noqa: ANN001 - a protobuf Descriptor
+        if message.full_name in seen:
+            return
+        seen.add(message.full_name)
+        for f in message.fields:
+            if f.message_type is not None and f.message_type.GetOptions().map_entry:
+                continue  # a map: a JSON object, not a list
+            if f.is_repeated:
+                names.add(f.name)
+            if f.message_type is not None:
+                walk(f.message_type)
+
+    walk(model_config_pb2.ModelConfig.DESCRIPTOR)
+    return frozenset(names)
+
+
+_REPEATED = _repeated_fields()
 
 
 class ConfigError(ValueError):
@@ -159,6 +185,19 @@ def _one(fields: dict[str, list[Any]], key: str, default: Any = None) -> Any:
     return values[-1] if values else default
 
 
+def _block(value: Any, what: str) -> dict[str, list[Any]]:
+    """A nested message (``{...}`` in pbtxt, an object in JSON); anything else is the config's mistake."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a block ({{...}}), got {value!r}"[:300])
+    return value
+
+
+def _blocks(fields: dict[str, list[Any]], key: str) -> list[dict[str, list[Any]]]:
+    return [_block(v, key) for v in fields.get(key, [])]
+
+
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{what} must be an integer, got {value!r}")
@@ -240,9 +279,9 @@ def config_from_fields(fields: dict[str, list[Any]], model_name: str) -> ModelCo
         cfg.max_batch_size = _int(_one(fields, "max_batch_size"), "max_batch_size")
         if cfg.max_batch_size < 0:
             raise ConfigError("max_batch_size must be >= 0")
-    cfg.inputs = [_tensor(f, "input") for f in fields.get("input", [])]
-    cfg.outputs = [_tensor(f, "output") for f in fields.get("output", [])]
-    for g in fields.get("instance_group", []):
+    cfg.inputs = [_tensor(f, "input") for f in _blocks(fields, "input")]
+    cfg.outputs = [_tensor(f, "output") for f in _blocks(fields, "output")]
+    for g in _blocks(fields, "instance_group"):
         kind = _one(g, "kind", "KIND_AUTO")
         if kind not in ("KIND_AUTO", "KIND_CPU", "KIND_GPU"):
             raise ConfigError(f"instance_group kind {kind!r} is not supported (KIND_AUTO, KIND_CPU, KIND_GPU)")
@@ -252,7 +291,7 @@ def config_from_fields(fields: dict[str, list[Any]], model_name: str) -> ModelCo
         gpus = [_int(x, "instance_group gpus") for x in g.get("gpus", [])]
         cfg.instance_groups.append(InstanceGroup(kind=kind, count=count, gpus=gpus, name=_one(g, "name", "")))
     if "dynamic_batching" in fields:
-        db = _one(fields, "dynamic_batching") or {}
+        db = _block(_one(fields, "dynamic_batching"), "dynamic_batching")
         delay = _int(_one(db, "max_queue_delay_microseconds", 0), "max_queue_delay_microseconds")
         preferred = [_int(x, "preferred_batch_size") for x in db.get("preferred_batch_size", [])]
         if delay < 0 or any(p < 1 for p in preferred):
@@ -264,25 +303,26 @@ def config_from_fields(fields: dict[str, list[Any]], model_name: str) -> ModelCo
         except LayoutError as exc:
             raise ConfigError(str(exc)) from exc
     if "version_policy" in fields:
-        vp = _one(fields, "version_policy") or {}
+        vp = _block(_one(fields, "version_policy"), "version_policy")
         if "latest" in vp:
-            n = _int(_one(_one(vp, "latest") or {}, "num_versions", 1), "num_versions")
+            n = _int(_one(_block(_one(vp, "latest"), "version_policy.latest"), "num_versions", 1), "num_versions")
             if n < 1:
                 raise ConfigError("version_policy latest num_versions must be >= 1")
             cfg.version_policy = ("latest", n)
         elif "all" in vp:
             cfg.version_policy = ("all", None)
         elif "specific" in vp:
-            versions = [_int(v, "versions") for v in (_one(vp, "specific") or {}).get("versions", [])]
+            specific = _block(_one(vp, "specific"), "version_policy.specific")
+            versions = [_int(v, "versions") for v in specific.get("versions", [])]
             cfg.version_policy = ("specific", versions)
     filename = _one(fields, "default_model_filename")
     if filename:
         if not isinstance(filename, str) or "/" in filename or "\\" in filename or filename in (".", ".."):
             raise ConfigError(f"default_model_filename {filename!r} must be a plain file name")
         cfg.default_model_filename = filename
-    for p in fields.get("parameters", []):
+    for p in _blocks(fields, "parameters"):
         key = _one(p, "key")
-        value = _one(p, "value") or {}
+        value = _block(_one(p, "value"), "parameters value")
         if isinstance(key, str):
             cfg.parameters[key] = str(_one(value, "string_value", ""))
     known = {"name", "platform", "backend", "max_batch_size", "input", "output", "instance_group",

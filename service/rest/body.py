@@ -63,6 +63,8 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidInput(f"the {enc} body does not decompress: {exc}") from exc
     if len(out) > limit or d.unconsumed_tail:
         raise TooLarge(f"the decompressed body is over the limit of {limit} bytes")
+    if not d.eof or d.unused_data:
+        raise InvalidInput(f"the {enc} body is truncated or has bytes after its end")
     return out
 
 

@@ -94,6 +94,13 @@ def json_data(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarr
                                                  else np.array(data, dtype=object).reshape(-1)))
         if not ok:
             raise _bad(f"input {name!r}: BOOL data must be true/false")
+    if datatype != "BOOL":
+        # numpy would read "1.5" and true as numbers (Triton answers 400): JSON numbers only
+        flat = data if not data or not isinstance(data[0], list) else np.array(data, dtype=object).reshape(-1)
+        if flat is not data and any(isinstance(x, list) for x in flat):
+            raise _bad(f"input {name!r}: 'data' is not a regular (rectangular) array")
+        if not all(type(x) is float or type(x) is int for x in flat):
+            raise _bad(f"input {name!r}: {datatype} data must be JSON numbers (no strings, booleans or null)")
     if dtype.kind == "f" and data and not isinstance(data[0], list):
         # the usual case (tritonclient sends flat lists): fromiter skips np.array's shape discovery
         try:

@@ -68,6 +68,13 @@ def service_error_response(exc: e.ServiceError) -> Response:
     return error_response(status_of(exc), exc.message, headers_of(exc))
 
 
+def unexpected_error_response(method: str, path: str, exc: Exception) -> Response:
+    """A bug's answer: logged with its traceback, answered 500 with the exception's type only (its text may
+    hold paths or values that are none of the client's business)."""
+    log.exception("unexpected error on %s %s", method, path, exc_info=exc)
+    return error_response(500, f"internal server error: {type(exc).__name__}")
+
+
 def _format_location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) if parts else "body"
@@ -117,5 +124,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal server error: {type(exc).__name__}")
+        return unexpected_error_response(request.method, request.url.path, exc)

@@ -10,17 +10,14 @@ with FastAPI too (OpenAPI, and methods other than POST).
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 from sepconv.service.errors import ServiceError
-from sepconv.service.rest.errors import error_response, service_error_response
+from sepconv.service.rest.errors import service_error_response, unexpected_error_response
 from sepconv.service.rest.v2 import handle_infer, router
-
-log = logging.getLogger("sepconv.errors")
 
 _INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
@@ -58,6 +55,5 @@ class InferFastPath:
         except ClientDisconnect:
             return  # the client went away before sending its whole body: nobody to answer
         except Exception as exc:  # noqa: BLE001 - answer JSON, log the traceback
-            log.exception("unexpected error on POST %s", scope["path"])
-            response = error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+            response = unexpected_error_response("POST", scope["path"], exc)
         await response(scope, receive, send)

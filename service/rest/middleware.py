@@ -10,6 +10,12 @@ meets, in one place, as its bytes arrive.
   (a stalled or trickling upload gets 408 and the connection is closed); once shutdown begins
   (:class:`~sepconv.service.rest.transport.TransportGuard`), a stalled upload gets 503 within a second instead
   of holding the server's exit;
+* no state change from another web origin: a browser's POST (or PUT, PATCH, DELETE) whose ``Sec-Fetch-Site``
+  says cross-site / same-site, or whose ``Origin`` names another host than ``Host`` (``Origin: null`` too), gets
+  403 before anything runs — unloading models, registering shared memory, starting profiles, writing outputs
+  into shared memory. A web page can send a ``text/plain`` POST to any loopback port without a CORS preflight,
+  and this server sends no CORS headers, so same-origin pages (its dashboard) and non-browser clients (no
+  ``Origin``) are all that ever needs it;
 * one structured JSON access-log line per request (logger ``sepconv.access``) and the HTTP metrics;
 * a count of in-flight requests, so shutdown can wait for them.
 
@@ -29,7 +35,15 @@ from typing import Any
 import orjson
 
 from sepconv.service import metrics
-from sepconv.service.errors import InvalidInput, Overloaded, RequestTimeout, ServiceError, TooLarge, Unavailable
+from sepconv.service.errors import (
+    InvalidInput,
+    Overloaded,
+    PermissionDenied,
+    RequestTimeout,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+)
 from sepconv.service.rest.errors import headers_of, status_of
 from sepconv.service.rest.transport import TransportGuard
 from sepconv.service.settings import Settings
@@ -37,6 +51,17 @@ from sepconv.service.settings import Settings
 access_log = logging.getLogger("sepconv.access")
 
 _DISCONNECT = {"type": "http.disconnect"}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_origin(origin: bytes | None, fetch_site: bytes | None, host: bytes | None) -> bool:
+    """Whether a browser sent this request from another web origin (see the module docstring)."""
+    if fetch_site in (b"cross-site", b"same-site"):
+        return True
+    if origin is None:
+        return False  # not a browser's cross-origin request (curl, SDKs, same-origin GETs)
+    _, sep, hostport = origin.partition(b"://")
+    return not sep or hostport.rstrip(b"/").lower() != (host or b"").lower()
 
 
 class InFlight:
@@ -84,8 +109,15 @@ class ServiceMiddleware:
         held = 0
         try:
             declared, chunked = None, False
+            origin = fetch_site = host = None
             for key, value in scope.get("headers", ()):
-                if key == b"content-length":
+                if key == b"origin":
+                    origin = value
+                elif key == b"sec-fetch-site":
+                    fetch_site = value
+                elif key == b"host":
+                    host = value
+                elif key == b"content-length":
                     try:
                         declared = int(value)
                     except ValueError:
@@ -94,6 +126,12 @@ class ServiceMiddleware:
                         return
                 elif key == b"transfer-encoding":
                     chunked = True
+            if method not in _SAFE_METHODS and cross_origin(origin, fetch_site, host):
+                shown = (origin or fetch_site or b"").decode("latin-1")[:100]
+                await self._answer(send, PermissionDenied(
+                    f"cross-origin browser requests may not change this server's state ({method} from {shown}); "
+                    "use the server's own pages or a client that is not a web page"), status_holder)
+                return
             if declared is not None and declared > self.limit:
                 await self._answer(send, TooLarge(f"request body of {declared} bytes is over the limit of "
                                                   f"{self.limit} bytes (SEPCONV_MAX_REQUEST_BYTES)"), status_holder)

@@ -123,7 +123,8 @@ def model_summary(model_name: str, request: Request) -> dict[str, Any]:
 def profile(model_name: str, request: Request,
             req: Annotated[ProfileRequest, Depends(_json_body(ProfileRequest, optional=True))]) -> Any:
     loaded = registry(request).get(model_name)
-    plan = plan_profile(req, settings(request), model_max_batch=loaded.max_batch_size, metadata=loaded.metadata)
+    plan = plan_profile(req, settings(request), model_max_batch=loaded.max_batch_size, metadata=loaded.metadata,
+                        inputs={t.name: t.datatype for t in loaded.inputs})
     trace_base = str(request.url_for("profile_trace", trace_id="TRACE_ID"))
     latest = _latest(request)
 

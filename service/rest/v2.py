@@ -17,6 +17,7 @@ model's scheduler -> ``session.run``.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -26,12 +27,13 @@ from starlette.responses import Response
 
 from sepconv.service.dataplane.dataplane import DataPlane
 from sepconv.service.dataplane.shm import SharedMemoryRegistry
+from sepconv.service.dataplane.tensors import DECODE_OFFLOAD_BYTES
 from sepconv.service.dataplane.types import InferRequest, InferResponse
 from sepconv.service.errors import InvalidInput
 from sepconv.service.rest import body as bodies
 from sepconv.service.rest import deps, jsonfast
 from sepconv.service.rest.codec import encode_infer_response, parse_infer_request
-from sepconv.service.settings import Settings
+from sepconv.service.settings import Settings, host_of, is_loopback
 
 router = APIRouter(tags=["v2"])
 
@@ -151,6 +153,11 @@ class RestInfer:
                 hl = int(header_length)
             except ValueError as exc:
                 raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} is not an integer") from exc
+        if len(body) > DECODE_OFFLOAD_BYTES:
+            return await asyncio.to_thread(self._parse, body, hl)
+        return self._parse(body, hl)
+
+    def _parse(self, body: bytes, hl: int | None) -> InferRequest:
         s = self.settings
         fast = jsonfast.parse(body, hl, self.shm, s.json_max_elements, s.json_max_containers)
         if fast is not None:  # a JSON body decoded into typed buffers (the same request the reference gives)
@@ -200,23 +207,10 @@ def _bearer_token(request: Request) -> str | None:
     return given.strip()
 
 
-def _cross_origin(request: Request) -> bool:
-    """Whether a browser sent this from another origin: ``Sec-Fetch-Site`` says so, or ``Origin`` (which
-    browsers put on every cross-origin POST, ``text/plain`` ones included) names another host than ``Host``."""
-    headers = request.headers
-    if headers.get("sec-fetch-site", "") in ("cross-site", "same-site"):
-        return True
-    origin = headers.get("origin")
-    if origin is None:
-        return False  # not a browser's cross-origin request (curl, SDKs, same-origin GETs)
-    _, sep, hostport = origin.partition("://")
-    return not sep or hostport.rstrip("/").lower() != headers.get("host", "").lower()
-
-
 def _admin(request: Request) -> DataPlane:
     """The data plane, once its admin check passed for this state-changing request."""
     dataplane = deps.dataplane(request)
-    dataplane.authorize(_bearer_token(request), cross_origin=_cross_origin(request))
+    dataplane.authorize(_bearer_token(request), loopback_host=is_loopback(host_of(request.headers.get("host", ""))))
     return dataplane
 
 
@@ -280,10 +274,11 @@ async def set_model_trace(request: Request, model_name: str) -> Response:
 
 
 def _local_client(request: Request) -> bool:
-    """Whether the peer is on this host (a loopback address): shared memory is for such clients."""
+    """Whether the peer is on this host (a loopback address) and sent the request to a loopback name (not a
+    DNS-rebound one): shared memory is for such clients."""
     client = request.client
-    host = client.host if client is not None else ""
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.") or host.startswith("::ffff:127.")
+    return (client is not None and is_loopback(client.host)
+            and is_loopback(host_of(request.headers.get("host", ""))))
 
 
 @router.get("/v2/systemsharedmemory/status")

@@ -70,7 +70,9 @@ class ServingHook(ModelRegistryHook):
         if s.allow_spinning or not s.inline_spinning or wants_gpu(model.session.get_providers()):
             return None
         try:
-            return make_session(model.path, s.model_copy(update={"allow_spinning": True}),
+            # the same graph as the main session: its bytes as loaded (the path only where the registry built from it)
+            source = model.serialized() if model.sha256 else model.path
+            return make_session(source, s.model_copy(update={"allow_spinning": True}),
                                 providers=model.session.get_providers())
         except Exception:  # noqa: BLE001 - an optimisation only: the main session serves lone requests too
             log.warning("model %s/%s: no spinning session for lone requests", model.name, model.version,
