@@ -153,3 +153,24 @@ def test_loopback_and_host_header_rules() -> None:
     assert not any(is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "rebind.evil", "127.0.0.1.evil", ""))
     assert [host_of(h) for h in ("127.0.0.1:8000", "[::1]:8000", "localhost", "::1")] == \
         ["127.0.0.1", "::1", "localhost", "::1"]
+
+
+def test_every_typed_error_has_a_status_on_both_transports() -> None:
+    """A new error class must be mapped explicitly, REST and gRPC alike (not fall back to the base's 500)."""
+    import inspect  # noqa: PLC0415
+
+    from sepconv.service import errors as e  # noqa: PLC0415
+    from sepconv.service.grpc.errors import GRPC_STATUS  # noqa: PLC0415
+    from sepconv.service.rest.errors import HTTP_STATUS  # noqa: PLC0415
+
+    classes = {c for _, c in inspect.getmembers(e, inspect.isclass) if issubclass(c, e.ServiceError)}
+    assert classes == set(HTTP_STATUS) == set(GRPC_STATUS)
+
+
+def test_sweep_budget_must_be_finite(url: str) -> None:
+    r = httpx.post(url + "/v1/profile/sweep", content=b'{"arch": "mobilenet_v2", "alphas": [0.35], '
+                                                      b'"resolutions": [96], "runs": 1, "budget_ms": Infinity}')
+    assert r.status_code in (400, 422), r.text
+    r = httpx.post(url + "/v1/profile/sweep", content=b'{"arch": "mobilenet_v2", "alphas": [0.35], '
+                                                      b'"resolutions": [96], "runs": 1, "budget_ms": 1e999}')
+    assert r.status_code in (400, 422), r.text

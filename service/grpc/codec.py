@@ -29,13 +29,11 @@ from typing import Any
 import numpy as np
 
 from sepconv.service.dataplane.shm import SharedMemoryRegistry, TensorRef, tensor_ref
-from sepconv.service.dataplane.tensors import check_shape, decode_bytes_elements, shm_input, tensor_bytes
+from sepconv.service.dataplane.tensors import check_shape, shm_input, tensor_bytes, tensor_from_bytes
 from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
 from sepconv.service.datatypes import V2_TO_NUMPY
 from sepconv.service.errors import InvalidInput
 from sepconv.service.grpc.generated import grpc_service_pb2 as pb
-
-# The shape limits are the REST codec's (one rule for both transports).
 
 # datatype -> the InferTensorContents field that carries it (FP16 and BF16 have none: raw only)
 CONTENTS_FIELD: dict[str, str] = {
@@ -62,18 +60,6 @@ def parameters_dict(params: Any) -> dict[str, Any]:
         which = value.WhichOneof("parameter_choice")
         out[key] = getattr(value, which) if which else None
     return out
-
-
-def _raw(data: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        return decode_bytes_elements(memoryview(data), count, name).reshape(shape)
-    dtype = V2_TO_NUMPY[datatype]
-    if len(data) != count * dtype.itemsize:
-        raise InvalidInput(f"input {name!r}: shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
-                           f"raw_input_contents has {len(data)}")
-    arr = np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
-    return arr if arr.flags.aligned else arr.copy()
 
 
 def _typed(tensor: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
@@ -154,7 +140,7 @@ def decode_request(request: Any, shm: SharedMemoryRegistry | None = None) -> Inf
         elif raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input {name!r}: contents must not be given when raw_input_contents is used")
-            arr = _raw(raw[raw_index], datatype, shape, name)
+            arr = tensor_from_bytes(raw[raw_index], datatype, shape, name, "raw_input_contents")
             raw_index += 1
         else:
             arr = _typed(tensor, datatype, shape, name)

@@ -14,6 +14,7 @@ check every bound, cheapest first, and return the plan the engines run — nothi
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -306,7 +307,7 @@ def plan_sweep(req: SweepRequest, settings: Settings) -> SweepPlan:
         raise InvalidInput(f"batch_size must be between 1 and {settings.profile_max_batch}, got {req.batch_size}")
     if not req.alphas or not req.resolutions or not req.precisions:
         raise InvalidInput("alphas, resolutions and precisions must each name at least one value")
-    if req.budget_ms is not None and not req.budget_ms > 0:
+    if req.budget_ms is not None and not (req.budget_ms > 0 and math.isfinite(req.budget_ms)):
         raise InvalidInput(f"budget_ms must be a positive number of milliseconds, got {req.budget_ms}")
     count = len(set(req.alphas)) * len(set(req.resolutions)) * len(set(req.precisions))
     if count > settings.sweep_max_variants:

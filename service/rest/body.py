@@ -93,16 +93,14 @@ def check_structure(text: bytes, max_elements: int, max_containers: int) -> None
                        "(SEPCONV_JSON_MAX_ELEMENTS): send large tensors as binary data")
 
 
-async def json_object(request: Request, *, allow_empty: bool = True) -> dict[str, Any]:
-    """The body as a JSON object (``InvalidInput`` for malformed JSON or another JSON value; ``TooLarge``
-    over :data:`CONTROL_MAX_BYTES` or the server's JSON structure limits)."""
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, ``{}`` when empty (``InvalidInput`` for malformed JSON or another JSON value;
+    ``TooLarge`` over :data:`CONTROL_MAX_BYTES` or the server's JSON structure limits)."""
     body = await read_body(request, CONTROL_MAX_BYTES, "bytes a control request may have")
     settings = request.app.state.settings
     check_structure(body, settings.json_max_elements, settings.json_max_containers)
     if not body.strip():
-        if allow_empty:
-            return {}
-        raise InvalidInput("a JSON body is required")
+        return {}
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -26,17 +26,15 @@ import orjson
 from sepconv.service.dataplane.shm import SharedMemoryRegistry, tensor_ref
 from sepconv.service.dataplane.tensors import (
     check_shape,
-    decode_bytes_elements,
-    encode_bytes_elements,
     shm_input,
     tensor_bytes,
+    tensor_from_bytes,
 )
 from sepconv.service.dataplane.types import InferRequest, InferResponse, InputTensor, RequestedOutput
-from sepconv.service.datatypes import V2_TO_NUMPY, element_size
+from sepconv.service.datatypes import V2_TO_NUMPY
 from sepconv.service.errors import InvalidInput
 
-__all__ = ["decode_bytes_elements", "encode_bytes_elements", "encode_infer_response",
-           "json_data", "parse_infer_request", "request_from_header"]
+__all__ = ["encode_infer_response", "json_data", "parse_infer_request", "request_from_header"]
 
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 
@@ -205,19 +203,8 @@ def request_from_header(header: Any, binary: memoryview, shm: SharedMemoryRegist
             if offset + size > len(binary):
                 raise _bad(f"input {name!r}: binary_data_size {size} runs past the end of the body "
                            f"({len(binary) - offset} binary bytes left)")
-            chunk = binary[offset:offset + size]
+            arr = tensor_from_bytes(binary[offset:offset + size], datatype, shape, name, "binary_data_size")
             offset += size
-            count = math.prod(shape)
-            if datatype == "BYTES":
-                arr = decode_bytes_elements(chunk, count, name).reshape(shape)
-            else:
-                itemsize = element_size(datatype)
-                if size != count * itemsize:
-                    raise _bad(f"input {name!r}: shape {shape} of {datatype} needs {count * itemsize} bytes, "
-                               f"binary_data_size is {size}")
-                arr = np.frombuffer(chunk, dtype=V2_TO_NUMPY[datatype], count=count).reshape(shape)
-                if not arr.flags.aligned:
-                    arr = arr.copy()
         elif "data" in raw:
             arr = json_data(raw["data"], datatype, shape, name)
         else:

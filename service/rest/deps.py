@@ -1,7 +1,8 @@
 """The one way route modules get the server's collaborators: from the app ``create_app`` built.
 
 Call them with the request (``deps.dataplane(request)``) or use them as FastAPI dependencies
-(``dp: DataPlane = Depends(deps.dataplane)``). Nothing else reads ``request.app.state`` for these.
+(``dp: DataPlane = Depends(deps.dataplane)``). A feature's own collaborators (the conv engine, the profile gate,
+job store and trace store) are put on ``app.state`` by its ``attach`` and read by its own route module.
 """
 
 from __future__ import annotations
