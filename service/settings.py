@@ -42,7 +42,8 @@ class Settings(BaseSettings):
                                                        "(auto-completed from a batch-dynamic ONNX model)")
     default_queue_delay_us: int = Field(0, description="dynamic batching queue delay for auto-completed configs")
     batch_workers: int = Field(0, description="concurrent session.run calls per model (0 = the config's "
-                                              "instance_group count, or 2 when it has none)")
+                                              "instance_group count; without one, one per core for CPU models "
+                                              "with single-threaded concurrent runs, else 2)")
     adaptive_batching: bool = Field(True, description="pick the batch size with the best measured time per "
                                                       "image (max_batch_size stays the ceiling)")
     run_threads: int = Field(0, description="threads running session.run for all models (0 = automatic)")
@@ -97,6 +98,10 @@ class Settings(BaseSettings):
     inline_spinning: bool = Field(True, description="a second session per CPU model, with ORT's spinning on, runs "
                                                    "the requests the server handles alone (ORT-default speed for "
                                                    "a lone client; concurrent runs keep the non-spinning session)")
+    concurrent_intra_op_threads: int = Field(1, description="intra-op threads of the CPU session that runs queued "
+                                                           "and batched requests (under concurrency): 1 = each run "
+                                                           "on one core, as many runs at once as cores; 0 = "
+                                                           "intra_op_threads (ORT's default: all cores per run)")
     arena_extend_strategy: str = Field("kNextPowerOfTwo", description="CUDA arena: kNextPowerOfTwo | kSameAsRequested")
     cuda_device_id: int = 0
     cuda_use_tf32: bool = Field(False, description="let cuDNN/cuBLAS use TF32 tensor cores for FP32 convolutions "

@@ -6,14 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from sepconv.commands.busy import ServerBusy, post_when_free
 
 CSV_FIELDS = ("name", "kind", "op_type", "output_shape", "params", "macs", "time_us_p50", "time_us_p90", "percent",
               "gmacs_per_s", "bytes", "arithmetic_intensity", "bound", "roof_percent", "fused_into")
@@ -27,25 +27,17 @@ def request_profile(url: str, model: str, body: dict[str, Any], timeout: float =
                     on_wait: Any = None) -> dict[str, Any]:
     """POST the profile; waits out 429 (another profile running) up to ``max_waits`` times."""
     endpoint = f"{url.rstrip('/')}/v1/models/{model}/profile"
-    for _ in range(max_waits + 1):
-        try:
-            response = httpx.post(endpoint, json=body, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise ProfileError(f"cannot reach {endpoint}: {exc}") from exc
-        if response.status_code == 429:
-            wait = float(response.headers.get("Retry-After", "2") or 2)
-            if on_wait is not None:
-                on_wait(wait)
-            time.sleep(min(max(wait, 0.5), 30.0))
-            continue
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = {"error": response.text[:500]}
-        if response.status_code >= 400:
-            raise ProfileError(f"HTTP {response.status_code}: {payload.get('error', payload)}")
-        return payload
-    raise ProfileError("the server stayed busy with other profiles; try again later")
+    try:
+        response = post_when_free(endpoint, body, timeout=timeout, max_waits=max_waits, on_wait=on_wait)
+    except ServerBusy as exc:
+        raise ProfileError(str(exc)) from None
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = {"error": response.text[:500]}
+    if response.status_code >= 400:
+        raise ProfileError(f"HTTP {response.status_code}: {payload.get('error', payload)}")
+    return payload
 
 
 def _fmt_int(n: int | None) -> str:

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sepconv.commands.busy import ServerBusy, post_when_free
+
 
 class JobError(Exception):
     """The server refused or failed the job (message for the user)."""
@@ -32,20 +34,11 @@ def run_job(url: str, path: str, body: dict[str, Any], on_progress: Any = None, 
             timeout: float = 3600.0, max_waits: int = 20, poll: float = 0.5) -> dict[str, Any]:
     """POST ``body`` to ``path`` as a job, wait out 429s (``max_waits``), poll it to the end; its result."""
     endpoint = f"{url.rstrip('/')}{path}"
-    headers = {"Prefer": "respond-async"}
-    for _ in range(max_waits + 1):
-        try:
-            response = httpx.post(endpoint, json=body, headers=headers, timeout=60.0)
-        except httpx.HTTPError as exc:
-            raise JobError(f"cannot reach {endpoint}: {exc}") from exc
-        if response.status_code != 429:
-            break
-        wait = float(response.headers.get("Retry-After", "2") or 2)
-        if on_wait is not None:
-            on_wait(wait)
-        time.sleep(min(max(wait, 0.5), 30.0))
-    else:
-        raise JobError("the server stayed busy with other profiles; try again later")
+    try:
+        response = post_when_free(endpoint, body, timeout=60.0, max_waits=max_waits,
+                                  headers={"Prefer": "respond-async"}, on_wait=on_wait)
+    except ServerBusy as exc:
+        raise JobError(str(exc)) from None
     started = _payload(response)
     if response.status_code >= 400:
         raise JobError(f"HTTP {response.status_code}: {started.get('error', started)}")

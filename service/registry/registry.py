@@ -26,17 +26,19 @@ from sepconv.service.registry import scan
 from sepconv.service.registry.model import LoadedModel, ModelEntry, ModelState, TensorSpec, VersionState
 from sepconv.service.registry.model_config import ConfigError, InstanceGroup, ModelConfig, complete_config
 from sepconv.service.registry.scan import LoadError, check_name, check_version
-from sepconv.service.runtime.sessions import ProviderError, make_session, resolve_providers, wants_gpu
+from sepconv.service.runtime.sessions import (
+    ProviderError,
+    default_instance_count,
+    make_session,
+    resolve_providers,
+    wants_gpu,
+)
 from sepconv.service.settings import Settings
 
 log = logging.getLogger("sepconv.repository")
 
 LOADING, READY, UNAVAILABLE, UNLOADING = (ModelState.LOADING, ModelState.READY, ModelState.UNAVAILABLE,
                                           ModelState.UNLOADING)
-
-# Concurrent ``session.run`` calls per model when its config has no instance_group: ORT sessions are
-# thread-safe, and two runs in flight fill the cores better than one (see service.runtime.scheduler).
-DEFAULT_INSTANCES = 2
 
 
 class ModelRegistryHook:
@@ -211,8 +213,9 @@ class ModelRegistry:
                 labels[t.name] = scan.read_labels(model_dir, self.root, str(filename), t.name, classes)
         providers = list(session.get_providers())
         if not completed.instance_groups:  # as Triton does: the kind the session really got
-            completed.instance_groups = [InstanceGroup(kind="KIND_GPU" if wants_gpu(providers) else "KIND_CPU",
-                                                       count=self.settings.batch_workers or DEFAULT_INSTANCES)]
+            gpu = wants_gpu(providers)
+            completed.instance_groups = [InstanceGroup(kind="KIND_GPU" if gpu else "KIND_CPU",
+                                                       count=default_instance_count(self.settings, gpu))]
             completed.auto_completed.append("instance_group")
         model = LoadedModel(
             name=name, version=version, path=path, session=session, metadata=metadata, config=completed,

@@ -20,8 +20,8 @@ irregular lists, nested data of more than :data:`MAX_ROWS` innermost lists, and 
 
 The JSON structure limits (``json_max_elements``, ``json_max_containers``, checked by
 :func:`sepconv.service.rest.body.check_structure` before the reference parses) hold here too, counted from the
-parsed structure; the one scan of the body kept (its ``[`` count, ~0.3 ms per MB) is what proves that no list
-hides where a number should be.
+parsed structure; the one scan of the body kept (its ``[`` count: :func:`_brackets`, memchr from one ``[`` to the
+next, ~0.05 ms per MB when lists are few) is what proves that no list hides where a number should be.
 """
 
 from __future__ import annotations
@@ -199,6 +199,17 @@ class _Decoder:
             return values.astype(dtype, copy=False).reshape(shape)
 
 
+def _brackets(text: bytes, limit: int) -> int:
+    """The number of ``[`` in ``text``, counted up to ``limit + 1``. ``bytes.find`` is memchr (vectorised) and
+    the lists are few (the tensors' data are flat lists or :data:`MAX_ROWS` rows at most), where
+    ``bytes.count`` compares byte by byte (~0.5 ms per MB)."""
+    n, i = 0, text.find(b"[")
+    while i >= 0 and n <= limit:
+        n += 1
+        i = text.find(b"[", i + 1)
+    return n
+
+
 def parse(body: bytes, header_length: int | None, shm: SharedMemoryRegistry | None, max_elements: int,
           max_containers: int, *, min_body: int = MIN_BODY) -> InferRequest | None:
     """The request in ``body``, or ``None`` when the reference path must decode it (see the module docstring)."""
@@ -226,7 +237,7 @@ def parse(body: bytes, header_length: int | None, shm: SharedMemoryRegistry | No
     except (_Fallback, ServiceError, ValueError, TypeError, OverflowError, IndexError, KeyError):
         return None
     lists = count.lists + decoder.lists
-    if text.count(b"[") != lists:  # a list where a number should be (or brackets in strings: the reference decides)
+    if _brackets(text, lists) != lists:  # a list where a number should be (or a bracket in a string: the reference)
         return None
     containers = count.containers + decoder.lists
     if containers > max_containers or containers + count.nodes + decoder.values > max_elements:

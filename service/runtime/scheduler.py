@@ -22,10 +22,10 @@ process, and runs of its batch size measured under 20 ms) runs on the event loop
 2% of a MobileNet run), and with nothing else in progress there is nobody for the loop to serve
 meanwhile (a request arriving during that run is read when it ends, and queued as usual).
 
-Spinning (see :mod:`sepconv.service.runtime.serving`): a model may have a second session whose intra-op threads
-busy-wait between parallel sections (ORT's default, ``inline_session``); the inline path, where the request is
-alone, runs on it and gets ORT-default speed; queued and batched runs, under concurrency, use the main session,
-whose threads sleep when idle and leave the cores to the event loop and the other runs.
+Two sessions (see :mod:`sepconv.service.runtime.serving`): the inline path, where the request is alone, runs on
+``inline_session`` (on a CPU: ORT's defaults, all cores, spinning) and gets ORT-default speed; queued and batched
+runs, under concurrency, use ``session`` (on a CPU: single-threaded runs, ``workers`` = one per core, spinning off:
+no thread busy-waits on a core the event loop and the other runs need). Run times are learned per session.
 
 The configured ``max_queue_delay`` is spent only while requests have recently been arriving faster
 than that delay (an exponentially weighted mean of the gaps between arrivals): then waiting can fill a
@@ -137,7 +137,8 @@ class Scheduler:
             buckets.add(b)
             b *= 2
         self.buckets = sorted(buckets)
-        self._cost: dict[int, float] = {}  # bucket -> running mean of ns per image
+        self._cost: dict[int, float] = {}  # bucket -> running mean of ns per image (runs on ``session``)
+        self._inline_cost: dict[int, float] = {}  # the same for runs on ``inline_session`` when it is another one
         self._executions = 0
         self.on_execution = on_execution
         self.label = label
@@ -200,7 +201,8 @@ class Scheduler:
         measured under ``inline_max_ns`` (the loop is never held long)."""
         if not alone or self._busy or self._queue or self._closed or _RUNNING.value:
             return False
-        per_image = self._cost.get(self._bucket(job.batch))
+        bucket = self._bucket(job.batch)
+        per_image = self._inline_cost.get(bucket, self._cost.get(bucket))
         if per_image is None:
             return False
         return per_image * job.batch <= self.inline_max_ns
@@ -325,12 +327,16 @@ class Scheduler:
     def _bucket(self, size: int) -> int:
         return max(b for b in self.buckets if b <= size)
 
-    def _learn(self, size: int, infer_ns: int) -> None:
-        self._executions += 1
+    def _learn(self, size: int, infer_ns: int, inline: bool = False) -> None:
+        """Fold one run's time into its bucket's mean. Runs on another inline session (a different thread count
+        and spinning) are kept apart: they decide only whether a lone request may run inline."""
         per_image = infer_ns / max(1, size)
         key = self._bucket(size)
-        old = self._cost.get(key)
-        self._cost[key] = per_image if old is None else 0.7 * old + 0.3 * per_image
+        costs = self._inline_cost if inline else self._cost
+        if not inline:
+            self._executions += 1
+        old = costs.get(key)
+        costs[key] = per_image if old is None else 0.7 * old + 0.3 * per_image
 
     # -- in the run thread ---------------------------------------------------------------------------
     def _run(self, jobs: list[Job], names: list[str]) -> None:
@@ -382,7 +388,8 @@ class Scheduler:
         result = dict(zip(names, outs, strict=True))
         t2 = time.perf_counter_ns()
         job.input_ns, job.infer_ns, job.output_ns, job.batch_size = 0, t1 - t0, t2 - t1, job.batch
-        self._learn(job.batch, t1 - t0)  # also what decides whether a lone request may run inline
+        # also what decides whether a lone request may run inline
+        self._learn(job.batch, t1 - t0, inline=session is not None and session is not self.session)
         if self.on_execution is not None:
             self.on_execution(job.batch, 0, t1 - t0, t2 - t1)
         return result

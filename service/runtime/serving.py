@@ -9,14 +9,23 @@
   ``settings.inline_spinning``, see below), whose every ``session.run`` is recorded in the model's statistics and
   batch-size / compute-time metrics; ``sepconv_model_ready`` follows load and unload.
 
-Spinning policy (CPU sessions): ORT's intra-op threads busy-wait between parallel sections by default; that makes
-one ``session.run`` fastest (~2 ms of MobileNet's ~4-7 ms on a small CPU) but burns the cores other work needs
-(the event loop reading the next request, concurrent runs). The main session is made with spinning off
-(``settings.allow_spinning``); with ``settings.inline_spinning`` (default) a second session of the same model, with
-spinning on, serves the scheduler's inline path only — a request the server handles alone, with no run in
-progress anywhere — so a lone client gets ORT-default speed while concurrent requests (queued, batched, in the
-pool) run on the non-spinning session. Adaptive to load, per request: what decides is the scheduler's ``alone``.
-Cost: a second session per model (its weights and arena: ~2x the model's memory).
+Execution policy (CPU sessions), adaptive to load per request — what decides is the scheduler's ``alone``:
+
+* a request the server handles alone (no other request, no run in progress anywhere) runs on the *lone* session:
+  ORT's defaults, all cores per run and the intra-op threads spinning between parallel sections (with
+  ``settings.inline_spinning``, the default; the main session when it is off). A lone client gets ORT-default
+  latency.
+* queued and batched requests (under concurrency) run on the *concurrent* session: with
+  ``settings.concurrent_intra_op_threads`` = 1 (the default) each run is single-threaded and the model gets one
+  concurrent run per core (:func:`~sepconv.service.runtime.sessions.default_instance_count`, when the config has no
+  ``instance_group``): N runs side by side on N cores do more per second than N-threaded runs one after another
+  (no barrier between an operator's parallel sections, no core idle in the serial ones), and with spinning
+  off no thread burns a core the event loop needs. With 0 it is the main session (``intra_op_threads``, spinning
+  off: ``settings.allow_spinning``).
+
+GPU models, and CPU models whose ``intra_op_threads`` the operator set, keep one session for both. Cost: up to two
+sessions per CPU model (weights and arena: ~2x the model's memory); the registry's own session is dropped when
+both others exist. Measurements: README, "Performance" (``bench/serve.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any
 from sepconv.service.registry.model import LoadedModel
 from sepconv.service.registry.registry import ModelRegistryHook
 from sepconv.service.runtime.scheduler import Scheduler
-from sepconv.service.runtime.sessions import make_session, wants_gpu
+from sepconv.service.runtime.sessions import concurrent_threads, make_session, wants_gpu
 from sepconv.service.settings import Settings
 
 log = logging.getLogger("sepconv.runtime")
@@ -54,12 +63,16 @@ class ServingHook(ModelRegistryHook):
             batch_hist.observe(batch)
             compute_hist.observe(infer_ns / 1e9)
 
+        lone = self._spinning_session(model)
+        concurrent = self._concurrent_session(model)
+        if lone is not None and concurrent is not None:
+            model.session = lone  # the registry's session would serve nothing: free it
         model.scheduler = Scheduler(
-            model.session, [o.name for o in model.outputs], self.executor,
+            concurrent or model.session, [o.name for o in model.outputs], self.executor,
             max_batch_size=model.max_batch_size, batching=model.config.dynamic_batching,
             workers=self.settings.batch_workers or model.config.instance_count,
             on_execution=on_execution, label=f"{model.name}/{model.version}",
-            adaptive=self.settings.adaptive_batching, inline_session=self._spinning_session(model),
+            adaptive=self.settings.adaptive_batching, inline_session=lone or model.session,
         )
         metrics.ready.set(1)
 
@@ -70,14 +83,31 @@ class ServingHook(ModelRegistryHook):
         if s.allow_spinning or not s.inline_spinning or wants_gpu(model.session.get_providers()):
             return None
         try:
-            # the same graph as the main session: its bytes as loaded (the path only where the registry built from it)
-            source = model.serialized() if model.sha256 else model.path
-            return make_session(source, s.model_copy(update={"allow_spinning": True}),
+            return make_session(self._source(model), s.model_copy(update={"allow_spinning": True}),
                                 providers=model.session.get_providers())
         except Exception:  # noqa: BLE001 - an optimisation only: the main session serves lone requests too
             log.warning("model %s/%s: no spinning session for lone requests", model.name, model.version,
                         exc_info=True)
             return None
+
+    def _concurrent_session(self, model: LoadedModel) -> Any:
+        """The session queued and batched runs use: ``concurrent_intra_op_threads`` threads per run (CPU models,
+        :func:`~sepconv.service.runtime.sessions.concurrent_threads`); ``None`` (the main session) otherwise."""
+        threads = concurrent_threads(self.settings, wants_gpu(model.session.get_providers()))
+        if not threads:
+            return None
+        try:
+            return make_session(self._source(model), self.settings, providers=model.session.get_providers(),
+                                intra_op_threads=threads)
+        except Exception:  # noqa: BLE001 - an optimisation only: the main session serves concurrent requests too
+            log.warning("model %s/%s: no single-threaded session for concurrent requests", model.name,
+                        model.version, exc_info=True)
+            return None
+
+    @staticmethod
+    def _source(model: LoadedModel) -> Any:
+        """The same graph as the main session: its bytes as loaded (the path only where the registry built from it)."""
+        return model.serialized() if model.sha256 else model.path
 
     def on_unload(self, model: LoadedModel) -> None:
         model.metrics.ready.set(0)

@@ -2,6 +2,8 @@
 
 * :func:`available_providers` — what this onnxruntime build offers.
 * :func:`resolve_providers` — turn ``"auto" | "cpu" | "cuda" | "A,B" | [names]`` into ORT provider names.
+* :func:`concurrent_threads` / :func:`default_instance_count` — the execution policy under concurrency (CPU
+  models: single-threaded runs, one per core; see :mod:`sepconv.service.runtime.serving`).
 * :func:`make_session` — an ``InferenceSession`` with graph optimisation, threads and arena options from
   :class:`~sepconv.service.settings.Settings`; afterwards it checks ``get_providers()``: when CUDA was asked for
   and the session runs on CPU only, ``strict_providers`` raises :class:`ProviderError` (a clear load
@@ -15,6 +17,7 @@ Every session in the service (models, ``/v1/conv`` graphs, profiling runs) is ma
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -107,6 +110,26 @@ def resolve_providers(requested: str | list[str] | tuple[str, ...] | None, setti
 
 def wants_gpu(providers: list[str]) -> bool:
     return any(p in GPU_PROVIDERS for p in providers)
+
+
+def concurrent_threads(settings: Settings, gpu: bool) -> int:
+    """Intra-op threads of the session that runs queued and batched requests: 0 = the main session's own
+    (GPU models, or ``intra_op_threads`` set by the operator), else ``concurrent_intra_op_threads``."""
+    if gpu or settings.intra_op_threads or settings.concurrent_intra_op_threads <= 0:
+        return 0
+    return settings.concurrent_intra_op_threads
+
+
+def default_instance_count(settings: Settings, gpu: bool) -> int:
+    """Concurrent ``session.run`` calls for a model whose config has no ``instance_group``: ``batch_workers``;
+    else enough single-threaded runs to fill the cores (CPU models, :func:`concurrent_threads`), else 2 (ORT
+    sessions are thread-safe, and two runs in flight fill a device better than one)."""
+    if settings.batch_workers:
+        return settings.batch_workers
+    threads = concurrent_threads(settings, gpu)
+    if threads:
+        return max(2, (os.cpu_count() or 2) // threads)
+    return 2
 
 
 def _is_auto(requested: str | list[str] | tuple[str, ...] | None, settings: Settings) -> bool:

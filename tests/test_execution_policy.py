@@ -1,0 +1,94 @@
+"""The execution policy of CPU models (service.runtime.serving): a lone request runs on a session with ORT's
+defaults (all cores, spinning), queued and batched requests on a single-threaded session with one concurrent run
+per core; the operator's ``intra_op_threads`` or ``concurrent_intra_op_threads = 0`` keep one thread setting.
+Real registry, real ONNX Runtime sessions, a real data plane."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.registry.registry import ModelRegistry
+from sepconv.service.runtime.serving import ServingHook, make_executor
+from sepconv.service.settings import Settings
+from tests.conftest import CNN_SHAPE, build_cnn
+from tests.test_server_dataplane import Decoded, _request
+
+
+def _threads(session: ort.InferenceSession) -> int:
+    return session.get_session_options().intra_op_num_threads
+
+
+def _spinning(session: ort.InferenceSession) -> str:
+    return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def _loaded(tmp_path: Path, **settings: object):
+    build_cnn(tmp_path / "policy" / "1" / "model.onnx", seed=9)
+    s = Settings(repo=tmp_path, providers="cpu", **settings)
+    executor = make_executor(s)
+    registry = ModelRegistry(s, hooks=[ServingHook(executor, s)])
+    registry.load_all()
+    return s, executor, registry
+
+
+def test_cpu_default_lone_on_ort_defaults_concurrent_single_threaded_one_per_core(tmp_path: Path) -> None:
+    s, executor, registry = _loaded(tmp_path)
+    try:
+        model = registry.get("policy")
+        sched = model.scheduler
+        assert sched.session is not sched.inline_session
+        assert _threads(sched.session) == 1 and _spinning(sched.session) == "0"
+        assert _threads(sched.inline_session) == 0 and _spinning(sched.inline_session) == "1"  # ORT's defaults
+        assert model.session is sched.inline_session  # the registry's third session is not kept
+        cores = max(2, os.cpu_count() or 2)
+        assert model.config.instance_count == cores == sched.workers
+        assert model.config.to_json()["instance_group"][0]["count"] == cores  # what /config reports
+
+        # concurrent requests: all answered by the single-threaded session, each its own answer
+        dataplane = DataPlane(s, registry)
+        xs = [np.random.default_rng(i).standard_normal((1, *CNN_SHAPE)).astype(np.float32) for i in range(8)]
+
+        async def burst():
+            return await asyncio.gather(*(dataplane.infer("policy", None, Decoded(_request(x))) for x in xs))
+
+        reference = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+        for x, response in zip(xs, asyncio.run(burst()), strict=True):
+            np.testing.assert_allclose(response.outputs[0].array, reference.run(["logits"], {"input": x})[0],
+                                       rtol=1e-5, atol=1e-6)
+        assert sched._cost and not sched._inline_cost  # learned on the concurrent session only
+    finally:
+        registry.close()
+        executor.shutdown()
+
+
+@pytest.mark.parametrize("override", [{"intra_op_threads": 2}, {"concurrent_intra_op_threads": 0}])
+def test_operator_thread_settings_keep_one_session_for_concurrent_runs(tmp_path: Path, override: dict) -> None:
+    _, executor, registry = _loaded(tmp_path, **override)
+    try:
+        model = registry.get("policy")
+        sched = model.scheduler
+        assert sched.session is model.session and _spinning(sched.session) == "0"
+        assert _threads(sched.session) == override.get("intra_op_threads", 0)
+        assert _spinning(sched.inline_session) == "1"  # lone requests still get the spinning session
+        assert model.config.instance_count == 2 == sched.workers
+    finally:
+        registry.close()
+        executor.shutdown()
+
+
+def test_batch_workers_sets_the_concurrent_runs(tmp_path: Path) -> None:
+    _, executor, registry = _loaded(tmp_path, batch_workers=3)
+    try:
+        model = registry.get("policy")
+        assert model.config.instance_count == 3 == model.scheduler.workers
+        assert _threads(model.scheduler.session) == 1
+    finally:
+        registry.close()
+        executor.shutdown()
