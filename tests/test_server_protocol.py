@@ -266,3 +266,22 @@ def test_metrics_dashboard_and_openapi(triton, server) -> None:
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/v2/repository/index" in page.text  # the dashboard reads the V2 routes
     assert httpx.get(server.url + "/openapi.json").json()["paths"]["/v2/models/{model_name}/infer"]
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    ("gzip;q=0", None), ("gzip;q=0, deflate", "deflate"), ("deflate;q=0.5, gzip;q=0.9", "gzip"),
+    ("gzip;q=0.2, deflate;q=0.8", "deflate"), ("*", "gzip"), ("*;q=0, deflate;q=0.1", "deflate"),
+    ("identity", None), ("br", None), ("GZIP", "gzip"), ("gzip;q=bogus", None),
+])
+def test_response_compression_follows_accept_encoding_weights(server, accept: str, expected: str | None) -> None:
+    """RFC 9110's q-values: ``gzip;q=0`` means "not gzip" (the body comes back as it is), the higher weight wins."""
+    x = cnn_input(8, seed=3)
+    # the id comes back: a response over COMPRESS_MIN_BYTES
+    body = orjson.dumps({"id": "r" * 1500, "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                                       "data": x.reshape(-1).tolist()}]})
+    with httpx.Client(headers={"Accept-Encoding": accept}) as client:
+        r = client.post(server.url + "/v2/models/tiny/infer", content=body)
+    assert r.status_code == 200, r.text
+    assert r.headers.get("content-encoding") == expected
+    np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"], np.float32).reshape(8, -1),
+                               reference(server, "tiny", "1", {"input": x})["logits"], rtol=1e-6, atol=1e-6)

@@ -68,13 +68,42 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+def accepted_encoding(accept_encoding: str) -> str | None:
+    """``gzip`` or ``deflate``, whichever ``Accept-Encoding`` weighs higher (RFC 9110 12.5.3: ``q`` weights,
+    ``*`` for codings not named, ``q=0`` = not acceptable; gzip on a tie); ``None`` when neither is acceptable."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        weights[coding] = q
+    star = weights.get("*", 0.0)
+    best, best_q = None, 0.0
+    for coding in ("gzip", "deflate"):
+        q = weights.get(coding, star)
+        if q > best_q:
+            best, best_q = coding, q
+    return best
+
+
 def compress(body: bytes, accept_encoding: str) -> tuple[bytes, str | None]:
-    """(body, Content-Encoding or None): gzip or deflate at level 1 when the client accepts one."""
+    """(body, Content-Encoding or None): gzip or deflate at level 1 when the client accepts one
+    (:func:`accepted_encoding`)."""
     if not accept_encoding or len(body) < COMPRESS_MIN_BYTES:
         return body, None
-    if "gzip" in accept_encoding:
+    coding = accepted_encoding(accept_encoding)
+    if coding == "gzip":
         return gzip.compress(body, compresslevel=1), "gzip"
-    if "deflate" in accept_encoding:
+    if coding == "deflate":
         return zlib.compress(body, 1), "deflate"
     return body, None
 
