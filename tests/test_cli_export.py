@@ -132,3 +132,16 @@ def test_export_with_weights_takes_alpha_and_classes_from_the_file(tmp_path):
     # a width that does not fit the file is refused with the importer's message, not a traceback
     bad = sepconv("export", "mobilenet_v1", "--alpha", "0.5", "--weights", str(weights), "--repo", str(tmp_path))
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and bad.stderr.startswith("error:")
+
+
+def test_cli_default_opset_is_the_exporters() -> None:
+    """The CLI spells the default opset out (importing ``export.graph`` would load onnx for ``--help``): it must
+    stay the exporter's ``DEFAULT_OPSET``."""
+    import inspect
+
+    from sepconv.commands import export as export_command
+    from sepconv.export.graph import DEFAULT_OPSET
+
+    commands = [f for f in vars(export_command).values()
+                if inspect.isfunction(f) and "opset" in inspect.signature(f).parameters]
+    assert commands and all(inspect.signature(f).parameters["opset"].default == DEFAULT_OPSET for f in commands)
