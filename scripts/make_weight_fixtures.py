@@ -12,7 +12,9 @@ framework's own writer (the keras-applications layout, which Keras 3 no longer w
 exactly as those files are laid out). To keep the committed files at a few hundred KB, weights are
 rounded to a handful of levels (still a random network; it only makes the files compress) and each
 file is stored xz-compressed as NAME.xz; the tests decompress it into a temporary folder.
-The expected outputs are what Keras / PyTorch compute for :func:`fixture_input`.
+The expected outputs are what Keras / PyTorch compute for :func:`fixture_input`. The *trained* fixtures
+(``*_shapes*``) come from ``scripts/make_trained_fixtures.py``; both scripts update their own entries of
+``expected.json``.
 """
 
 from __future__ import annotations
@@ -162,10 +164,10 @@ def torch_fixtures(expected: dict) -> None:
 
 
 def main() -> None:
-    expected: dict = {}
-    keras_fixtures(expected)
-    torch_fixtures(expected)
-    EXPECTED.write_text(json.dumps({"batch": BATCH, "fixtures": expected}, indent=1) + "\n")
+    data = json.loads(EXPECTED.read_text()) if EXPECTED.exists() else {"batch": BATCH, "fixtures": {}}
+    keras_fixtures(data["fixtures"])  # replaces its own entries; the trained fixtures' (make_trained_fixtures.py) stay
+    torch_fixtures(data["fixtures"])
+    EXPECTED.write_text(json.dumps({"batch": BATCH, "fixtures": data["fixtures"]}, indent=1) + "\n")
     for p in sorted(HERE.iterdir()):
         if p.suffix not in (".py", ".pyc") and p.is_file():
             print(f"{p.stat().st_size / 1024:8.1f} KB  {p.relative_to(ROOT)}")

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from tests.fixtures.weights import decompress_all, expected, fixture_input
+from tests.fixtures.weights import decompress_all, expected, reference_input
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = expected()
@@ -52,7 +52,7 @@ def test_export_with_weights_reproduces_the_framework(files: Path, tmp_path: Pat
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["padding"] == spec["padding"] and meta["weights_origin"] in ("keras", "torchvision")
     assert json.loads(meta["import_report"])["unused"] == []
-    x = fixture_input(FIXTURES["batch"], spec["resolution"])
+    x = reference_input(spec, FIXTURES["batch"])
     if spec["input_layout"] == "NCHW":
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]

@@ -14,7 +14,7 @@ import pytest
 
 from sepconv.export.errors import ExportError
 from sepconv.export.importers import build_imported, detect_format, load_weights
-from tests.fixtures.weights import decompress_all, expected, fixture_input, output_spread
+from tests.fixtures.weights import decompress_all, expected, output_spread, reference_input
 
 FIXTURES = expected()
 TOLERANCE = 1e-4
@@ -36,7 +36,7 @@ def run(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def fixture_batch(spec: dict) -> np.ndarray:
-    x = fixture_input(FIXTURES["batch"], spec["resolution"])
+    x = reference_input(spec, FIXTURES["batch"])
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if spec["input_layout"] == "NCHW" else x
 
 
