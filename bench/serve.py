@@ -23,7 +23,8 @@
   channel: the same client work for both); and in-process ONNX Runtime with its DEFAULT session options
   (``ort.InferenceSession(path)``, what a user gets), sampled in the same rounds as the REST figures;
 * issue 13: the REST transport floor (a bare uvicorn + httptools + uvloop ASGI app, a subprocess, that reads the
-  same binary body, and the same JSON body, and answers 4 KB: the physical floor of moving those bytes), the
+  same binary body, the same JSON body and the shared-memory request, and answers 4 KB: the physical floor of
+  moving those bytes), the
   server with Triton's system shared memory (the client copies the image into a /dev/shm region, sends a
   request naming it, reads the logits from another region), the simdjson decode
   floor (parse + ``as_buffer`` + cast: no Python object per number), ORT-defaults sequential throughput, and with
@@ -540,7 +541,8 @@ def main() -> None:
         # Latency: one sample of each kind in turn, so that background load hits every kind alike.
         inproc, srv_bin, srv_json, floor, other_bin, other_json = [], [], [], [], [], []
         ort_default, srv_grpc, grpc_floor = [], [], []
-        rest_floor, srv_shm, sj_floor, ml_json, rest_floor_json = [], [], [], [], []
+        rest_floor, srv_shm, sj_floor, ml_json, rest_floor_json, rest_floor_shm = [], [], [], [], [], []
+        shm_floor_request = Conn.build(path, shm_body, shm_headers)  # the shared-memory request's own bytes
         bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
         for _ in range(args.rounds * args.requests):
             t = time.perf_counter()
@@ -560,6 +562,9 @@ def main() -> None:
             t = time.perf_counter()
             floor_conn.send(js_request)
             rest_floor_json.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            floor_conn.send(shm_floor_request)
+            rest_floor_shm.append(time.perf_counter() - t)
             if ml_conn is not None:
                 t = time.perf_counter()
                 ml_conn.send(js_request)
@@ -636,7 +641,8 @@ def main() -> None:
         ms = lambda s: f"{s * 1000:7.2f} ms"  # noqa: E731
         kinds = (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor), ("ort", ort_default),
                  ("grpc", srv_grpc), ("gfloor", grpc_floor), ("rfloor", rest_floor), ("shm", srv_shm),
-                 ("sjfloor", sj_floor), ("rfloorjs", rest_floor_json), *((("ml", ml_json),) if ml_json else ()))
+                 ("sjfloor", sj_floor), ("rfloorjs", rest_floor_json),
+                 ("rfloorshm", rest_floor_shm), *((("ml", ml_json),) if ml_json else ()))
         p50 = {k: pct(v, 50) for k, v in kinds}
         p90 = {k: pct(v, 90) for k, v in kinds}
         print(f"model {args.model}, batch 1, {args.rounds} rounds x {args.requests} requests; "
@@ -654,7 +660,7 @@ def main() -> None:
                            ("ort", "in-process, ORT defaults"), ("grpc", "server, gRPC request"),
                            ("gfloor", "gRPC transport floor"), ("rfloor", "REST transport floor"),
                            ("shm", "server, shared memory"), ("sjfloor", "JSON decode floor, simdjson"),
-                           ("rfloorjs", "REST floor, JSON body"),
+                           ("rfloorjs", "REST floor, JSON body"), ("rfloorshm", "REST floor, shm request"),
                            ("ml", "MLServer, JSON request")):
             if key in p50:
                 print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
@@ -696,6 +702,8 @@ def main() -> None:
         print("issue 13, against in-process ORT with its DEFAULT session options (what a user runs):")
         print(f"(binary p50 - ORT-defaults p50) / REST floor p50         {r_rest:6.3f}  <= 1.25  {r_rest <= 1.25}")
         print(f"shared-memory p50 / ORT-defaults p50                     {r_shm:6.3f}  <= 1.10  {r_shm <= 1.10}")
+        print(f"  (shared-memory p50 - ORT-defaults p50) / REST floor moving the shm request's "
+              f"{len(shm_body)} B  {(p50['shm'] - p50['ort']) / p50['rfloorshm']:6.3f}: the physical floor")
         print(f"(JSON p50 - ORT-defaults p50) / simdjson floor p50       {r_sj:6.3f}  <= 1.25  {r_sj <= 1.25}")
         print(f"  (JSON p50 - ORT-defaults p50) / (simdjson floor + REST floor moving the JSON body) {r_sj_phys:6.3f}: "
               "the physical floor, transfer included")
