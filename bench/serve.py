@@ -282,10 +282,10 @@ def simdjson_floor(body: bytes) -> float:
 class ShmPair:
     """An input and an output region in /dev/shm, mapped here (the client's side) and registered with the server."""
 
-    def __init__(self, conn_port: int, nbytes_in: int, nbytes_out: int) -> None:
+    def __init__(self, conn_port: int, nbytes_in: int, nbytes_out: int, tag: str = "") -> None:
         import mmap
 
-        self.names = [f"sepconv-bench-{os.getpid()}-in", f"sepconv-bench-{os.getpid()}-out"]
+        self.names = [f"sepconv-bench-{os.getpid()}{tag}-in", f"sepconv-bench-{os.getpid()}{tag}-out"]
         self.maps = []
         for name, size in zip(self.names, (nbytes_in, nbytes_out), strict=True):
             fd = os.open(f"/dev/shm/{name}", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -293,7 +293,8 @@ class ShmPair:
             self.maps.append(mmap.mmap(fd, size))
             os.close(fd)
         c = http.client.HTTPConnection("127.0.0.1", conn_port, timeout=10)
-        for region, name, size in (("bench_in", self.names[0], nbytes_in), ("bench_out", self.names[1], nbytes_out)):
+        for region, name, size in ((f"bench_in{tag}", self.names[0], nbytes_in),
+                                   (f"bench_out{tag}", self.names[1], nbytes_out)):
             c.request("POST", f"/v2/systemsharedmemory/region/{region}/register",
                       orjson.dumps({"key": "/" + name, "offset": 0, "byte_size": size}))
             response = c.getresponse()
@@ -304,10 +305,10 @@ class ShmPair:
         self.output = np.frombuffer(self.maps[1], np.float32)
 
     @staticmethod
-    def body(shape: list[int], nbytes_in: int, nbytes_out: int) -> tuple[bytes, dict[str, str]]:
+    def body(shape: list[int], nbytes_in: int, nbytes_out: int, tag: str = "") -> tuple[bytes, dict[str, str]]:
         return orjson.dumps({"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "parameters": {
-            "shared_memory_region": "bench_in", "shared_memory_byte_size": nbytes_in}}],
-            "outputs": [{"name": "logits", "parameters": {"shared_memory_region": "bench_out",
+            "shared_memory_region": f"bench_in{tag}", "shared_memory_byte_size": nbytes_in}}],
+            "outputs": [{"name": "logits", "parameters": {"shared_memory_region": f"bench_out{tag}",
                                                           "shared_memory_byte_size": nbytes_out}}]}), \
             {"Content-Type": "application/json"}
 
@@ -387,8 +388,12 @@ def decode_floor(body: bytes) -> float:
     return dt
 
 
-def throughput_server(port: int, request: bytes, clients: int, seconds: float) -> tuple[float, float]:
-    """(requests per second, CPU seconds this client process used per second) at ``clients`` connections."""
+def throughput_server(port: int, request: bytes, clients: int, seconds: float,
+                      shm: list[tuple[bytes, ShmPair]] | None = None, x_bytes: np.ndarray | None = None,
+                      ) -> tuple[float, float]:
+    """(requests per second, CPU seconds this client process used per second) at ``clients`` connections; with
+    ``shm`` (one (request, regions) per client), each request goes through that client's shared-memory regions
+    (the client copies the image in and the logits out, as in the latency samples)."""
     counts = [0] * clients
     start_barrier = threading.Barrier(clients + 1)
     errors: list[str] = []
@@ -398,8 +403,13 @@ def throughput_server(port: int, request: bytes, clients: int, seconds: float) -
         conn = Conn(port)
         start_barrier.wait()
         try:
+            own = shm[i] if shm is not None else None
             while time.perf_counter() < stop[0]:
-                status, _, data = conn.send(request)
+                if own is not None:
+                    own[1].input[:] = x_bytes
+                status, _, data = conn.send(request if own is None else own[0])
+                if own is not None:
+                    own[1].output.copy()
                 if status != 200:
                     errors.append(data[:200].decode(errors="replace"))
                     return
@@ -612,6 +622,10 @@ def main() -> None:
         seq_default: list[float] = []
         rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
         client_cpu: dict[int, list[float]] = {1: [], 4: [], 16: []}
+        shm_rates: list[float] = []
+        shm_pairs = [ShmPair(port, x.nbytes, nbytes_out, tag=f"_c{i}") for i in range(16)]
+        shm_requests = [(Conn.build(path, ShmPair.body(shape, x.nbytes, nbytes_out, tag=f"_c{i}")[0], shm_headers),
+                         pair) for i, pair in enumerate(shm_pairs)]
         for _ in range(args.rounds):
             n, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < slice_s:
@@ -629,6 +643,10 @@ def main() -> None:
                 rate, cpu = throughput_server(port, bin_request, c, slice_s)
                 rates[c].append(rate)
                 client_cpu[c].append(cpu)
+            shm_rates.append(throughput_server(port, bin_request, 16, slice_s, shm=shm_requests, x_bytes=x_bytes)[0])
+        for pair in shm_pairs:
+            pair.close()
+        thr_shm = statistics.median(shm_rates)
         seq_thr = statistics.median(seq_rates)
         seq_def = statistics.median(seq_default)
         thr = {c: statistics.median(v) for c, v in rates.items()}
@@ -679,6 +697,8 @@ def main() -> None:
         for c, v in thr.items():
             print(f"throughput, server concurrency {c:2d}: {v:7.1f} req/s  ({v / seq_thr:.2f}x; the client process "
                   f"used {statistics.median(client_cpu[c]):.2f} CPU-s/s of the {os.cpu_count()} cores)")
+        print(f"throughput, server concurrency 16, shared memory: {thr_shm:7.1f} req/s  ({thr_shm / seq_def:.2f}x "
+              "ORT-defaults sequential; each client its own regions, copying the image in and the logits out)")
         inf = stats["inference_stats"]
         avg = lambda k: inf[k]["ns"] / max(1, inf[k]["count"]) / 1e6  # noqa: E731
         print(f"server-side means over all requests: total {avg('success'):.2f} ms = queue {avg('queue'):.2f} + "
@@ -715,6 +735,7 @@ def main() -> None:
             print("JSON p50 / MLServer JSON p50                                n/a  (run with --mlserver VENV)")
         print(f"throughput at concurrency 16 / ORT-defaults sequential   {r_thr_def:6.3f}  >= 1.10  "
               f"{r_thr_def >= 1.10}")
+        print(f"  the same with shared memory (no image over the socket)  {thr_shm / seq_def:6.3f}")
         print(f"same-settings ratio: binary p50 / in-process p50 (server's session options) {r_bin:.3f}; ORT "
               f"defaults / server's options in-process: {p50['ort'] / p50['in']:.3f}")
         print(f"(binary overhead p50: {(p50['bin'] - p50['in']) * 1000:.2f} ms; JSON overhead p50: "
