@@ -40,6 +40,7 @@ from fastapi import FastAPI
 
 from sepconv import __version__
 from sepconv.service.dataplane.dataplane import DataPlane
+from sepconv.service.dataplane.inflight import InFlight
 from sepconv.service.grpc.server import GrpcServer
 from sepconv.service.registry.registry import ModelRegistry
 from sepconv.service.rest import classify as classify_routes
@@ -48,7 +49,7 @@ from sepconv.service.rest import docs, ops, v2
 from sepconv.service.rest import profiling as profiling_routes
 from sepconv.service.rest.errors import install_error_handlers
 from sepconv.service.rest.fastpath import InferFastPath
-from sepconv.service.rest.middleware import InFlight, ServiceMiddleware
+from sepconv.service.rest.middleware import ServiceMiddleware
 from sepconv.service.rest.transport import TransportGuard
 from sepconv.service.runtime.serving import ServingHook, make_executor
 from sepconv.service.settings import Settings, admin_problem, get_settings

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,75 @@ def test_batch_workers_sets_the_concurrent_runs(tmp_path: Path) -> None:
     finally:
         registry.close()
         executor.shutdown()
+
+
+# -- which requests count as alone (service.dataplane.inflight) -----------------------------------------------
+def test_in_flight_alone_rules() -> None:
+    from sepconv.service.dataplane.inflight import BACK_TO_BACK_S, CONTENDED_S, InFlight
+
+    t = InFlight()
+    t.count = 1
+    assert t.alone("a")
+    t.count = 0
+    t.ended()
+    t.count = 1
+    assert t.alone("a")  # the same connection right after its own answer: a sequential client
+    t.count = 0
+    t.ended()
+    t.count = 1
+    assert not t.alone("b")  # another connection's request was waiting for that answer
+    time.sleep(BACK_TO_BACK_S * 2)
+    assert not t.alone("b")  # and the inline path stays off for a while
+    time.sleep(CONTENDED_S + 0.05)
+    assert t.alone("b")
+    t.count = 2
+    assert not t.alone("b")  # two requests in hand
+
+
+def test_concurrent_small_requests_leave_the_event_loop(tmp_path: Path) -> None:
+    """Requests that cost the transport almost nothing (here: a tiny model's) used to find ``count == 1`` one after
+    another while an inline run held the loop, and all ran inline, one at a time. Through a real server: a
+    sequential client runs inline; eight concurrent clients mostly go through the run slots; a lone client after
+    the burst runs inline again."""
+    import http.client
+    import threading
+
+    import orjson
+
+    from sepconv.service.app import create_app
+    from tests.serving import running_server
+
+    build_cnn(tmp_path / "tiny" / "1" / "model.onnx", seed=4)
+    app = create_app(Settings(repo=tmp_path, providers="cpu", grpc_port=0, access_log=False))
+    x = np.random.default_rng(0).standard_normal((1, *CNN_SHAPE)).astype(np.float32)
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": [1, *CNN_SHAPE], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}]})
+    body, headers = header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+    def client(port: int, n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(n):
+            conn.request("POST", "/v2/models/tiny/infer", body, headers)
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        conn.close()
+
+    with running_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        sched = app.state.dataplane.registry.get("tiny").scheduler
+        client(port, 30)
+        lone = sched.inline_runs
+        assert lone >= 25
+        time.sleep(0.6)
+        threads = [threading.Thread(target=client, args=(port, 30)) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        concurrent = sched.inline_runs - lone
+        assert concurrent <= 0.25 * 240, concurrent
+        time.sleep(0.6)
+        before = sched.inline_runs
+        client(port, 20)
+        assert sched.inline_runs - before >= 15

@@ -62,9 +62,10 @@ def test_roofline_fields_are_consistent(server: str) -> None:
                 attained = row["macs"] * batch / (row["time_us"]["p50"] * 1e3)
                 expected = 100 * attained / min(peak, bw * ai)
                 assert row["roof_percent"] == pytest.approx(expected, rel=1e-2, abs=0.02)
-                # bounded: a layer cannot beat the device's ceilings by much (cache-resident data can beat the
-                # streaming bandwidth a little; far above it would mean wrong bytes or a wrong roof)
-                assert 0 < row["roof_percent"] < 300, row
+                # bounded: a layer cannot beat the device's ceilings by an order of magnitude. Cache-resident data
+                # beats the streaming bandwidth (the classifier's 5 MB of weights sit in a 32 MB L3: 304 % was seen
+                # with the bandwidth measured under load); wrong bytes or a wrong roof would be far above
+                assert 0 < row["roof_percent"] < 1000, row
         if batch == 1:
             by_name = {r["name"]: r for r in result["layers"]}
         else:  # activations scale with the batch, weights do not

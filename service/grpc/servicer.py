@@ -52,9 +52,14 @@ STREAM_WINDOW = 64
 
 
 class Tracker(Protocol):
-    """Requests being handled by the server, every transport together (REST's ``InFlight``)."""
+    """Requests being handled by the server, every transport together
+    (:class:`~sepconv.service.dataplane.inflight.InFlight`)."""
 
     count: int
+
+    def ended(self) -> None: ...
+
+    def alone(self, peer: Any) -> bool: ...
 
 
 class GrpcInfer:
@@ -166,16 +171,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tracker.count += 1
         try:
             return await self.dataplane.infer(request.model_name, request.model_version or None,
-                                              GrpcInfer(request, self.dataplane.shm), alone=tracker.count <= 1)
+                                              GrpcInfer(request, self.dataplane.shm),
+                                              alone=tracker.alone(context.peer()))
         finally:
             tracker.count -= 1
+            tracker.ended()
 
-    async def _stream_one(self, request: Any) -> Any:
+    async def _stream_one(self, request: Any, peer: str) -> Any:
         tracker = self.in_flight
         tracker.count += 1
         try:
             response = await self.dataplane.infer(request.model_name, request.model_version or None,
-                                                  GrpcInfer(request, self.dataplane.shm), alone=tracker.count <= 1)
+                                                  GrpcInfer(request, self.dataplane.shm), alone=tracker.alone(peer))
             return pb.ModelStreamInferResponse(infer_response=response)
         except Exception as exc:  # noqa: BLE001 - one request's failure is its response, the stream goes on
             if not isinstance(exc, ServiceError):
@@ -184,10 +191,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model_name=request.model_name, model_version=request.model_version, id=request.id))
         finally:
             tracker.count -= 1
+            tracker.ended()
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """Read requests while earlier ones run; answer each in the order it came."""
+        peer = context.peer()
         pending: asyncio.Queue[tuple[asyncio.Task[Any], int] | None] = asyncio.Queue()
         budget = self.dataplane.settings.max_request_bytes
         held = [0, 0]  # bytes, requests
@@ -205,7 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         await window.wait_for(lambda size=size: room(size))
                         held[0] += size
                         held[1] += 1
-                    pending.put_nowait((asyncio.ensure_future(self._stream_one(request)), size))
+                    pending.put_nowait((asyncio.ensure_future(self._stream_one(request, peer)), size))
             except Exception as exc:  # noqa: BLE001 - the call is broken (cancelled, message too large...)
                 failure.append(exc)
             finally:

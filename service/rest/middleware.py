@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from sepconv.service import metrics
+from sepconv.service.dataplane.inflight import InFlight
 from sepconv.service.errors import (
     InvalidInput,
     Overloaded,
@@ -62,13 +63,6 @@ def cross_origin(origin: bytes | None, fetch_site: bytes | None, host: bytes | N
         return False  # not a browser's cross-origin request (curl, SDKs, same-origin GETs)
     _, sep, hostport = origin.partition(b"://")
     return not sep or hostport.rstrip(b"/").lower() != (host or b"").lower()
-
-
-class InFlight:
-    """How many HTTP requests are being handled right now (read by graceful shutdown)."""
-
-    def __init__(self) -> None:
-        self.count = 0
 
 
 class ServiceMiddleware:
@@ -219,6 +213,7 @@ class ServiceMiddleware:
         finally:
             self.inflight_bytes -= held
             self.tracker.count -= 1
+            self.tracker.ended()
             self._record(scope, method, status_holder, start)
 
     def _record(self, scope: dict, method: str, status_holder: list[int], start: float) -> None:

@@ -177,12 +177,12 @@ class RestInfer:
 
 
 async def handle_infer(request: Request, model_name: str, version: str | None) -> Response:
-    """POST .../infer: one call into the data plane. A request is ``alone`` when it is the only HTTP request
-    the server is handling (the scheduler may then run it on the event loop, see the scheduler's docstring)."""
+    """POST .../infer: one call into the data plane. ``alone`` (the scheduler may then run it on the event loop):
+    see :class:`~sepconv.service.dataplane.inflight.InFlight` — no other request in hand, none waiting behind."""
     state = request.app.state
     dataplane = state.dataplane
     return await dataplane.infer(model_name, version, RestInfer(request, state.settings, dataplane.shm),
-                                 alone=state.in_flight.count <= 1)
+                                 alone=state.in_flight.alone(request.scope.get("client")))
 
 
 @router.post("/v2/models/{model_name}/infer")

@@ -148,6 +148,7 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None  # pending end of a queue delay
         self._closed = False
         self.in_flight = 0
+        self.inline_runs = 0  # requests run inline on the event loop (the rest went through the run slots)
         self._last_arrival = 0
         self._mean_gap_ns = float("inf")
 
@@ -208,6 +209,7 @@ class Scheduler:
         return per_image * job.batch <= self.inline_max_ns
 
     def _run_inline(self, job: Job) -> Job:
+        self.inline_runs += 1
         self._busy += 1
         _RUNNING.add(1)
         try:
