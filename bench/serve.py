@@ -63,6 +63,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def timed(samples: list[float], call, *args) -> None:  # noqa: ANN001
+    """Append the wall time of ``call(*args)`` to ``samples``."""
+    t = time.perf_counter()
+    call(*args)
+    samples.append(time.perf_counter() - t)
+
+
 def pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
@@ -554,53 +561,29 @@ def main() -> None:
         rest_floor, srv_shm, sj_floor, ml_json, rest_floor_json, rest_floor_shm = [], [], [], [], [], []
         shm_floor_request = Conn.build(path, shm_body, shm_headers)  # the shared-memory request's own bytes
         bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
+        run = {in_name: x}
         for _ in range(args.rounds * args.requests):
-            t = time.perf_counter()
-            session.run(None, {in_name: x})
-            inproc.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            conn.send(bin_request)
-            srv_bin.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            conn.send(js_request)
-            srv_json.append(time.perf_counter() - t)
+            timed(inproc, session.run, None, run)
+            timed(srv_bin, conn.send, bin_request)
+            timed(srv_json, conn.send, js_request)
             floor.append(decode_floor(js_body))
             sj_floor.append(simdjson_floor(js_body))
-            t = time.perf_counter()
-            floor_conn.send(bin_request)
-            rest_floor.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            floor_conn.send(js_request)
-            rest_floor_json.append(time.perf_counter() - t)
+            timed(rest_floor, floor_conn.send, bin_request)
+            timed(rest_floor_json, floor_conn.send, js_request)
             if ml_conn is not None:
-                t = time.perf_counter()
-                ml_conn.send(js_request)
-                ml_json.append(time.perf_counter() - t)
+                timed(ml_json, ml_conn.send, js_request)
             time.sleep(0.05)  # nor spinning threads of the servers (MLServer's ORT defaults) during this one
-            t = time.perf_counter()
-            default_session.run(None, {in_name: x})
-            ort_default.append(time.perf_counter() - t)
+            timed(ort_default, default_session.run, None, run)
             time.sleep(0.1)  # ORT's default intra-op threads spin ~40 ms after a run: not during the next sample
-            t = time.perf_counter()  # the shm request's bytes alone, after the same idle time as the next sample
-            floor_conn.send(shm_floor_request)
-            rest_floor_shm.append(time.perf_counter() - t)
+            # the shm request's bytes alone, after the same idle time as the shm sample
+            timed(rest_floor_shm, floor_conn.send, shm_floor_request)
             time.sleep(0.1)
-            t = time.perf_counter()
-            shm_infer()
-            srv_shm.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            grpc_server_stub.ModelInfer(g_request)
-            srv_grpc.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            floor_stub.ModelInfer(g_request)
-            grpc_floor.append(time.perf_counter() - t)
+            timed(srv_shm, shm_infer)
+            timed(srv_grpc, grpc_server_stub.ModelInfer, g_request)
+            timed(grpc_floor, floor_stub.ModelInfer, g_request)
             if other_conn is not None:
-                t = time.perf_counter()
-                other_conn.send(bin_request)
-                other_bin.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                other_conn.send(js_request)
-                other_json.append(time.perf_counter() - t)
+                timed(other_bin, other_conn.send, bin_request)
+                timed(other_json, other_conn.send, js_request)
         shm_pair.close()
         shm_pair = None
         floor_conn.close()

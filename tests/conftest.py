@@ -156,6 +156,19 @@ class Server:
         return f"127.0.0.1:{self.grpc_port}"
 
 
+def reference(server: Server, name: str, version: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs of ``name``/``version`` of the test repository, from a plain ONNX Runtime session."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(server.repo / name / version / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def cnn_input(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *CNN_SHAPE)).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repo(tmp_path_factory.mktemp("repo"))

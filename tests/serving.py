@@ -51,3 +51,18 @@ def running_server(app, ready_path: str = "/v2/health/live", timeout: float = 60
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def wait_ready(proc, url: str, timeout: float = 60.0, path: str = "/v2/health/ready") -> None:
+    """Wait until ``sepconv serve`` (the subprocess ``proc``) answers 200 on ``url + path``; fail with its stderr
+    if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "sepconv serve did not become ready"
+        time.sleep(0.1)

@@ -11,7 +11,6 @@ from functools import partial
 import grpc
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
@@ -22,18 +21,8 @@ from sepconv.service.app import create_app
 from sepconv.service.grpc.generated import grpc_service_pb2 as pb
 from sepconv.service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from sepconv.service.settings import Settings
-from tests.conftest import CNN_CLASSES, CNN_SHAPE
+from tests.conftest import CNN_CLASSES, CNN_SHAPE, cnn_input, reference
 from tests.serving import free_port, running_server
-
-
-def reference(server, name: str, version: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(str(server.repo / name / version / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feed), strict=True))
-
-
-def cnn_input(batch: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, *CNN_SHAPE)).astype(np.float32)
 
 
 def infer_input(name: str, arr: np.ndarray, datatype: str) -> grpcclient.InferInput:

@@ -30,7 +30,7 @@ from sepconv.service.grpc import codec
 from sepconv.service.grpc.generated import grpc_service_pb2 as pb
 from sepconv.service.settings import Settings
 from tests.conftest import CNN_SHAPE, Server, build_cnn
-from tests.serving import free_port, running_server
+from tests.serving import free_port, running_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 16  # per transport
@@ -194,16 +194,7 @@ def test_sepconv_serve_grpc_port_flag_and_env(model_repo: Path) -> None:
             env["SEPCONV_GRPC_PORT"] = str(grpc_port)
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None, proc.stderr.read().decode()
-                assert time.monotonic() < deadline, "sepconv serve did not become ready"
-                time.sleep(0.1)
+            wait_ready(proc, f"http://127.0.0.1:{port}")
             client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
             assert client.is_server_ready() and client.is_model_ready("tiny")
             x = np.ones((1, *CNN_SHAPE), np.float32)

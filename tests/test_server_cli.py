@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import orjson
 import tritonclient.http as httpclient
 
-from tests.serving import free_port
+from tests.serving import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,16 +26,7 @@ def test_sepconv_serve_flags_env_access_log_and_sigterm(model_repo: Path) -> Non
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "sepconv serve did not become ready"
-            time.sleep(0.1)
+        wait_ready(proc, url)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_model_ready("tiny")
         assert httpx.post(url + "/v2/repository/models/tiny/unload").status_code == 401  # token from the env

@@ -7,23 +7,12 @@ import gzip
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import orjson
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import CNN_CLASSES, CNN_SHAPE
-
-
-def reference(server, name: str, version: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(str(server.repo / name / version / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feed), strict=True))
-
-
-def cnn_input(batch: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, *CNN_SHAPE)).astype(np.float32)
+from tests.conftest import CNN_CLASSES, CNN_SHAPE, cnn_input, reference
 
 
 def test_health_and_server_metadata(triton) -> None:

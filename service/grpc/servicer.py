@@ -57,9 +57,7 @@ class Tracker(Protocol):
 
     count: int
 
-    def ended(self) -> None: ...
-
-    def alone(self, peer: Any) -> bool: ...
+    async def alone(self) -> bool: ...
 
 
 class GrpcInfer:
@@ -171,18 +169,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tracker.count += 1
         try:
             return await self.dataplane.infer(request.model_name, request.model_version or None,
-                                              GrpcInfer(request, self.dataplane.shm),
-                                              alone=tracker.alone(context.peer()))
+                                              GrpcInfer(request, self.dataplane.shm), alone=await tracker.alone())
         finally:
             tracker.count -= 1
-            tracker.ended()
 
-    async def _stream_one(self, request: Any, peer: str) -> Any:
+    async def _stream_one(self, request: Any) -> Any:
         tracker = self.in_flight
         tracker.count += 1
         try:
             response = await self.dataplane.infer(request.model_name, request.model_version or None,
-                                                  GrpcInfer(request, self.dataplane.shm), alone=tracker.alone(peer))
+                                                  GrpcInfer(request, self.dataplane.shm),
+                                                  alone=await tracker.alone())
             return pb.ModelStreamInferResponse(infer_response=response)
         except Exception as exc:  # noqa: BLE001 - one request's failure is its response, the stream goes on
             if not isinstance(exc, ServiceError):
@@ -191,12 +188,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model_name=request.model_name, model_version=request.model_version, id=request.id))
         finally:
             tracker.count -= 1
-            tracker.ended()
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """Read requests while earlier ones run; answer each in the order it came."""
-        peer = context.peer()
         pending: asyncio.Queue[tuple[asyncio.Task[Any], int] | None] = asyncio.Queue()
         budget = self.dataplane.settings.max_request_bytes
         held = [0, 0]  # bytes, requests
@@ -214,7 +209,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         await window.wait_for(lambda size=size: room(size))
                         held[0] += size
                         held[1] += 1
-                    pending.put_nowait((asyncio.ensure_future(self._stream_one(request, peer)), size))
+                    pending.put_nowait((asyncio.ensure_future(self._stream_one(request)), size))
             except Exception as exc:  # noqa: BLE001 - the call is broken (cancelled, message too large...)
                 failure.append(exc)
             finally:

@@ -72,6 +72,6 @@ async def classify(request: Request, model_name: str,
     settings = deps.settings(request)
     deps.registry(request).get(model_name)  # an unknown model is 404 before the body is read
     data = await _image_bytes(request, settings.classify_max_bytes)
-    alone = request.app.state.in_flight.alone(request.scope.get("client"))
+    alone = await request.app.state.in_flight.alone()
     result = await deps.classify(request).classify(model_name, data, top_k, alone=alone)
     return Response(orjson.dumps(result), media_type="application/json")

@@ -213,7 +213,6 @@ class ServiceMiddleware:
         finally:
             self.inflight_bytes -= held
             self.tracker.count -= 1
-            self.tracker.ended()
             self._record(scope, method, status_holder, start)
 
     def _record(self, scope: dict, method: str, status_holder: list[int], start: float) -> None:

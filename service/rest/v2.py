@@ -178,11 +178,11 @@ class RestInfer:
 
 async def handle_infer(request: Request, model_name: str, version: str | None) -> Response:
     """POST .../infer: one call into the data plane. ``alone`` (the scheduler may then run it on the event loop):
-    see :class:`~sepconv.service.dataplane.inflight.InFlight` — no other request in hand, none waiting behind."""
+    see :meth:`~sepconv.service.dataplane.inflight.InFlight.alone` — no other request in hand, none waiting."""
     state = request.app.state
     dataplane = state.dataplane
     return await dataplane.infer(model_name, version, RestInfer(request, state.settings, dataplane.shm),
-                                 alone=state.in_flight.alone(request.scope.get("client")))
+                                 alone=await state.in_flight.alone())
 
 
 @router.post("/v2/models/{model_name}/infer")

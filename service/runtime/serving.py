@@ -63,8 +63,7 @@ class ServingHook(ModelRegistryHook):
             batch_hist.observe(batch)
             compute_hist.observe(infer_ns / 1e9)
 
-        lone = self._spinning_session(model)
-        concurrent = self._concurrent_session(model)
+        lone, concurrent = self._extra_sessions(model)
         if lone is not None and concurrent is not None:
             model.session = lone  # the registry's session would serve nothing: free it
         model.scheduler = Scheduler(
@@ -76,38 +75,31 @@ class ServingHook(ModelRegistryHook):
         )
         metrics.ready.set(1)
 
-    def _spinning_session(self, model: LoadedModel) -> Any:
-        """The session lone requests run on (``settings.inline_spinning``): the model's own with ORT's default
-        spinning on, for CPU sessions made with spinning off; ``None`` (the main session) otherwise."""
+    def _extra_sessions(self, model: LoadedModel) -> tuple[Any, Any]:
+        """(lone, concurrent): the sessions lone requests and queued/batched runs use where they differ from the
+        registry's (CPU models, see the module docstring); ``None`` = the registry's session serves them. Made from
+        the model's bytes as loaded, read once (the path only where the registry built from it). An optimisation
+        only: a session that cannot be made leaves the registry's serving its requests, with a warning."""
         s = self.settings
-        if s.allow_spinning or not s.inline_spinning or wants_gpu(model.session.get_providers()):
-            return None
-        try:
-            return make_session(self._source(model), s.model_copy(update={"allow_spinning": True}),
-                                providers=model.session.get_providers())
-        except Exception:  # noqa: BLE001 - an optimisation only: the main session serves lone requests too
-            log.warning("model %s/%s: no spinning session for lone requests", model.name, model.version,
-                        exc_info=True)
-            return None
-
-    def _concurrent_session(self, model: LoadedModel) -> Any:
-        """The session queued and batched runs use: ``concurrent_intra_op_threads`` threads per run (CPU models,
-        :func:`~sepconv.service.runtime.sessions.concurrent_threads`); ``None`` (the main session) otherwise."""
-        threads = concurrent_threads(self.settings, wants_gpu(model.session.get_providers()))
-        if not threads:
-            return None
-        try:
-            return make_session(self._source(model), self.settings, providers=model.session.get_providers(),
-                                intra_op_threads=threads)
-        except Exception:  # noqa: BLE001 - an optimisation only: the main session serves concurrent requests too
-            log.warning("model %s/%s: no single-threaded session for concurrent requests", model.name,
-                        model.version, exc_info=True)
-            return None
-
-    @staticmethod
-    def _source(model: LoadedModel) -> Any:
-        """The same graph as the main session: its bytes as loaded (the path only where the registry built from it)."""
-        return model.serialized() if model.sha256 else model.path
+        providers = model.session.get_providers()
+        gpu = wants_gpu(providers)
+        wanted: dict[str, tuple[Settings, int | None]] = {}
+        if s.inline_spinning and not s.allow_spinning and not gpu:
+            wanted["lone"] = (s.model_copy(update={"allow_spinning": True}), None)
+        threads = concurrent_threads(s, gpu)
+        if threads:
+            wanted["concurrent"] = (s, threads)
+        made: dict[str, Any] = {}
+        source: Any = None
+        for role, (settings, intra_op_threads) in wanted.items():
+            try:
+                if source is None:
+                    source = model.serialized() if model.sha256 else model.path
+                made[role] = make_session(source, settings, providers=providers, intra_op_threads=intra_op_threads)
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.warning("model %s/%s: no %s session; the main session serves those requests", model.name,
+                            model.version, role, exc_info=True)
+        return made.get("lone"), made.get("concurrent")
 
     def on_unload(self, model: LoadedModel) -> None:
         model.metrics.ready.set(0)
