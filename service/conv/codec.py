@@ -143,7 +143,17 @@ def _decode_b64(ref: TensorRef) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4").astype(np.float32, copy=False).reshape(ref.shape)
 
 
+def _holds_bool(raw: list) -> bool:
+    """Whether a nested list holds ``true``/``false`` anywhere (numpy would take them as 1/0). Serialised again,
+    the list's only tokens that can spell them are the booleans: numbers cannot, and any string is refused by the
+    conversion anyway."""
+    text = orjson.dumps(raw)
+    return b"true" in text or b"false" in text
+
+
 def _decode_list(ref: TensorRef) -> np.ndarray:
+    if _holds_bool(ref.raw):
+        raise InvalidInput(f"{ref.field}: nested list holds bool values (true/false); expected numbers")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # overflow to ±inf, as a float32 cast does
