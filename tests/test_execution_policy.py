@@ -69,6 +69,34 @@ def test_cpu_default_lone_on_ort_defaults_concurrent_single_threaded_one_per_cor
         executor.shutdown()
 
 
+@pytest.mark.parametrize("override", [{}, {"intra_op_threads": 2}, {"inline_spinning": False},
+                                      {"concurrent_intra_op_threads": 0}])
+def test_a_cpu_model_load_builds_only_the_sessions_it_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            override: dict) -> None:
+    """Two sessions per CPU model whatever the settings: the registry's session is the lone one where a concurrent
+    one is made, so no third build is thrown away."""
+    from sepconv.service.registry import registry as registry_module
+    from sepconv.service.runtime import serving
+
+    made: list[ort.InferenceSession] = []
+    for module in (registry_module, serving):
+        real = module.make_session
+
+        def counting(*args, _real=real, **kwargs):  # noqa: ANN002, ANN003
+            made.append(_real(*args, **kwargs))
+            return made[-1]
+        monkeypatch.setattr(module, "make_session", counting)
+    _, executor, registry = _loaded(tmp_path, **override)
+    try:
+        model, sched = registry.get("policy"), registry.get("policy").scheduler
+        assert len(made) == 2
+        kept = {id(sched.session), id(sched.inline_session), id(model.session)}
+        assert kept == {id(m) for m in made}  # every session built is in use
+    finally:
+        registry.close()
+        executor.shutdown()
+
+
 @pytest.mark.parametrize("override", [{"intra_op_threads": 2}, {"concurrent_intra_op_threads": 0}])
 def test_operator_thread_settings_keep_one_session_for_concurrent_runs(tmp_path: Path, override: dict) -> None:
     _, executor, registry = _loaded(tmp_path, **override)

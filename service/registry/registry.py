@@ -50,6 +50,11 @@ class ModelRegistryHook:
     def on_unload(self, model: LoadedModel) -> None:
         """``model`` was retired (unloaded, or replaced by a reload); its scheduler is already closed."""
 
+    def session_settings(self, settings: Settings, providers: list[str]) -> Settings:
+        """The settings the version's session is made with (``providers``: the ORT providers asked for, in
+        order); the default keeps ``settings``."""
+        return settings
+
 
 def _spec_shape(dims: list[int], batched: bool) -> list[int]:
     return ([-1] if batched else []) + [int(d) for d in dims]
@@ -201,6 +206,8 @@ class ModelRegistry:
         settings = self.settings.model_copy(update={"cuda_device_id": gpus[0]}) if gpus else self.settings
         if len(set(gpus)) > 1:
             log.warning("model %s: instance_group lists GPUs %s; one session runs on GPU %d", name, gpus, gpus[0])
+        for hook in self.hooks:
+            settings = hook.session_settings(settings, resolve_providers(requested, settings))
         session = make_session(path if external else data, settings, providers=requested)
         completed = complete_config(config, session.get_inputs(), session.get_outputs(),
                                     self.settings.default_max_batch_size, self.settings.default_queue_delay_us)

@@ -24,8 +24,9 @@ Execution policy (CPU sessions), adaptive to load per request — what decides i
   off: ``settings.allow_spinning``).
 
 GPU models, and CPU models whose ``intra_op_threads`` the operator set, keep one session for both. Cost: up to two
-sessions per CPU model (weights and arena: ~2x the model's memory); the registry's own session is dropped when
-both others exist. Measurements: README, "Performance" (``bench/serve.py``).
+sessions per CPU model (weights and arena: ~2x the model's memory); where both exist the registry makes the lone
+one itself (:meth:`ServingHook.session_settings`), so a load builds two sessions, not three. Measurements: README,
+"Performance" (``bench/serve.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ log = logging.getLogger("sepconv.runtime")
 def make_executor(settings: Settings) -> ThreadPoolExecutor:
     threads = settings.run_threads or max(4, min(32, (os.cpu_count() or 2) * 2))
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ort-run")
+
+
+def _spinning(session: Any) -> bool:
+    """Whether ``session``'s intra-op threads spin (ORT's default; sessions set it explicitly)."""
+    try:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except Exception:  # noqa: BLE001 - the entry is not set: ORT's default, spinning
+        return True
 
 
 class ServingHook(ModelRegistryHook):
@@ -75,6 +84,21 @@ class ServingHook(ModelRegistryHook):
         )
         metrics.ready.set(1)
 
+    def session_settings(self, settings: Settings, providers: list[str]) -> Settings:
+        """A model that can only run on the CPU and gets a concurrent session (:meth:`_extra_sessions`) has the
+        registry make its lone session (ORT's spinning, :meth:`_lone_settings`): the registry's session would
+        serve nothing else, so this is one session build fewer per load."""
+        if wants_gpu(providers) or not concurrent_threads(settings, False):
+            return settings
+        return self._lone_settings(settings) or settings
+
+    @staticmethod
+    def _lone_settings(settings: Settings) -> Settings | None:
+        """The lone session's settings where they differ from ``settings`` (spinning on), else ``None``."""
+        if settings.inline_spinning and not settings.allow_spinning:
+            return settings.model_copy(update={"allow_spinning": True})
+        return None
+
     def _extra_sessions(self, model: LoadedModel) -> tuple[Any, Any]:
         """(lone, concurrent): the sessions lone requests and queued/batched runs use where they differ from the
         registry's (CPU models, see the module docstring); ``None`` = the registry's session serves them. Made from
@@ -84,8 +108,9 @@ class ServingHook(ModelRegistryHook):
         providers = model.session.get_providers()
         gpu = wants_gpu(providers)
         wanted: dict[str, tuple[Settings, int | None]] = {}
-        if s.inline_spinning and not s.allow_spinning and not gpu:
-            wanted["lone"] = (s.model_copy(update={"allow_spinning": True}), None)
+        lone = self._lone_settings(s)
+        if lone is not None and not gpu and not _spinning(model.session):  # not already the registry's
+            wanted["lone"] = (lone, None)
         threads = concurrent_threads(s, gpu)
         if threads:
             wanted["concurrent"] = (s, threads)
