@@ -23,8 +23,8 @@
   channel: the same client work for both); and in-process ONNX Runtime with its DEFAULT session options
   (``ort.InferenceSession(path)``, what a user gets), sampled in the same rounds as the REST figures;
 * issue 13: the REST transport floor (a bare uvicorn + httptools + uvloop ASGI app, a subprocess, that reads the
-  same binary body, the same JSON body and the shared-memory request, and answers 4 KB: the physical floor of
-  moving those bytes), the
+  same binary body, the same JSON body and the shared-memory request, and answers 4 KB: what moving those bytes
+  costs through uvicorn) and the socket floor (a bare uvloop protocol, no HTTP library: the physical floor), the
   server with Triton's system shared memory (the client copies the image into a /dev/shm region, sends a
   request naming it, reads the logits from another region), the simdjson decode
   floor (parse + ``as_buffer`` + cast: no Python object per number), ORT-defaults sequential throughput, and with
@@ -39,6 +39,7 @@
 
     .venv/bin/python bench/serve.py --grpc-floor PORT   # (internal) the bare servicer, as the bench starts it
     .venv/bin/python bench/serve.py --rest-floor PORT   # (internal) the bare ASGI app, as the bench starts it
+    .venv/bin/python bench/serve.py --socket-floor PORT # (internal) the bare uvloop protocol, likewise
 """
 
 from __future__ import annotations
@@ -160,12 +161,40 @@ def decode_binary(headers: dict[str, str], data: bytes) -> np.ndarray:
     return np.frombuffer(data[hl:], np.float32).reshape(meta["outputs"][0]["shape"])
 
 
+# ``sepconv serve`` from the code of one checkout. ``python -m sepconv`` in another checkout would not do: the
+# venv's editable install maps ``sepconv.service`` and ``sepconv.export`` to *its* checkout's folders whatever
+# the working directory (pyproject's package-dir), so an A/B would run one side's CLI on the other's server.
+# This finder, first on the import path, maps the three packages to ``tree``'s folders.
+TREE_BOOT = """
+import sys
+from importlib.machinery import PathFinder
+from importlib.util import spec_from_file_location
+tree = sys.argv.pop(1)
+FOLDERS = {"sepconv": tree + "/sepconv", "sepconv.export": tree + "/export", "sepconv.service": tree + "/service"}
+class TreeFinder:
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname in FOLDERS:
+            return spec_from_file_location(fullname, FOLDERS[fullname] + "/__init__.py",
+                                           submodule_search_locations=[FOLDERS[fullname]])
+        parent = fullname.rpartition(".")[0]
+        return PathFinder.find_spec(fullname, [FOLDERS[parent]]) if parent in FOLDERS else None
+sys.meta_path.insert(0, TreeFinder)
+import sepconv.service
+assert sepconv.service.__file__.startswith(tree), sepconv.service.__file__
+from sepconv.cli import main
+sys.argv[0] = "sepconv"
+main()
+"""
+
+
 def start_server(tree: Path, repo: Path, grpc_port: int = 0) -> tuple[subprocess.Popen, int]:
+    """``sepconv serve`` of checkout ``tree`` (its own code, see TREE_BOOT) on ``repo``; returns (process, port)."""
     port = free_port()
     env = {**os.environ, "SEPCONV_REPO": str(repo), "SEPCONV_PORT": str(port), "SEPCONV_HOST": "127.0.0.1",
            "SEPCONV_GRPC_PORT": str(grpc_port)}
-    return subprocess.Popen([sys.executable, "-m", "sepconv", "serve", "--log-level", "warning"], cwd=tree,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port
+    return subprocess.Popen([sys.executable, "-c", TREE_BOOT, str(tree.resolve()), "serve", "--log-level",
+                             "warning"], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port
 
 
 # -- gRPC --------------------------------------------------------------------------------------------------
@@ -228,6 +257,49 @@ def rest_floor_server(port: int) -> None:
 
     uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning",
                 lifespan="off")
+
+
+def socket_floor_server(port: int) -> None:
+    """The socket floor: a bare uvloop protocol (no HTTP library, no ASGI) that reads each request's headers and
+    ``Content-Length`` body into one buffer and answers the same FLOOR_OUTPUT-byte binary V2 response: what moving
+    the bytes over loopback costs, one copy on each side."""
+    import asyncio
+
+    import uvloop
+
+    header = orjson.dumps({"model_name": "floor", "model_version": "1", "outputs": [
+        {"name": "logits", "datatype": "FP32", "shape": [1, FLOOR_OUTPUT // 4],
+         "parameters": {"binary_data_size": FLOOR_OUTPUT}}]})
+    body = header + bytes(FLOOR_OUTPUT)
+    response = (b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n"
+                b"inference-header-content-length: %d\r\n\r\n" % (len(body), len(header))) + body
+
+    class Floor(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            self.transport, self.buf, self.need = transport, bytearray(), -1
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while True:
+                if self.need < 0:
+                    end = self.buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        return
+                    head = bytes(self.buf[:end]).lower()
+                    at = head.find(b"content-length:")
+                    length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+                    self.need = end + 4 + length
+                if len(self.buf) < self.need:
+                    return
+                del self.buf[:self.need]
+                self.need = -1
+                self.transport.write(response)
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(serve())
 
 
 MLSERVER_RUNTIME = '''
@@ -460,7 +532,7 @@ def main() -> None:
     from sepconv.service.settings import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="sepconv-bench-"))
-    server = other = floor_proc = rest_floor_proc = mlserver = None
+    server = other = floor_proc = rest_floor_proc = socket_floor_proc = mlserver = None
     shm_pair = None
     try:
         model_path = prepare_repo(args.model, tmp)
@@ -468,9 +540,11 @@ def main() -> None:
         server, port = start_server(ROOT, tmp, grpc_port)
         floor_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--grpc-floor",
                                        str(floor_port)], cwd=ROOT, stdout=subprocess.DEVNULL)
-        rest_floor_port = free_port()
+        rest_floor_port, socket_floor_port = free_port(), free_port()
         rest_floor_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--rest-floor",
                                             str(rest_floor_port)], cwd=ROOT, stdout=subprocess.DEVNULL)
+        socket_floor_proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--socket-floor",
+                                              str(socket_floor_port)], cwd=ROOT, stdout=subprocess.DEVNULL)
         if args.mlserver is not None:
             mlserver, mlserver_port = start_mlserver(args.mlserver.resolve(), model_path, args.model, tmp)
         if args.versus is not None:
@@ -487,7 +561,8 @@ def main() -> None:
 
         wait_ready(server, port, args.model)
         wait_ready(rest_floor_proc, rest_floor_port, args.model)
-        floor_conn = Conn(rest_floor_port)
+        wait_ready(socket_floor_proc, socket_floor_port, args.model)
+        floor_conn, socket_conn = Conn(rest_floor_port), Conn(socket_floor_port)
         ml_conn = None
         if mlserver is not None:
             wait_ready(mlserver, mlserver_port, args.model)
@@ -505,6 +580,9 @@ def main() -> None:
 
         def shm_infer() -> np.ndarray:
             shm_pair.input[:] = x_bytes  # the client puts its tensor in the region...
+            return shm_placed()
+
+        def shm_placed() -> np.ndarray:  # perf_analyzer's way: the input was put in its region once, beforehand
             status, _, data = conn.send(shm_request)
             assert status == 200, data[:300]
             return shm_pair.output.copy()  # ...and takes the result from the other
@@ -553,12 +631,15 @@ def main() -> None:
             simdjson_floor(js_body)
             shm_infer()
             floor_conn.send(bin_request_warm)
+            socket_conn.send(bin_request_warm)
+            shm_placed()
 
         load_before = os.getloadavg()
         # Latency: one sample of each kind in turn, so that background load hits every kind alike.
         inproc, srv_bin, srv_json, floor, other_bin, other_json = [], [], [], [], [], []
         ort_default, srv_grpc, grpc_floor = [], [], []
         rest_floor, srv_shm, sj_floor, ml_json, rest_floor_json, rest_floor_shm = [], [], [], [], [], []
+        sock_floor, sock_floor_json, srv_shm_placed = [], [], []
         shm_floor_request = Conn.build(path, shm_body, shm_headers)  # the shared-memory request's own bytes
         bin_request, js_request = Conn.build(path, bin_body, bin_headers), Conn.build(path, js_body, js_headers)
         run = {in_name: x}
@@ -570,6 +651,8 @@ def main() -> None:
             sj_floor.append(simdjson_floor(js_body))
             timed(rest_floor, floor_conn.send, bin_request)
             timed(rest_floor_json, floor_conn.send, js_request)
+            timed(sock_floor, socket_conn.send, bin_request)
+            timed(sock_floor_json, socket_conn.send, js_request)
             if ml_conn is not None:
                 timed(ml_json, ml_conn.send, js_request)
             time.sleep(0.05)  # nor spinning threads of the servers (MLServer's ORT defaults) during this one
@@ -579,6 +662,8 @@ def main() -> None:
             timed(rest_floor_shm, floor_conn.send, shm_floor_request)
             time.sleep(0.1)
             timed(srv_shm, shm_infer)
+            time.sleep(0.1)
+            timed(srv_shm_placed, shm_placed)
             timed(srv_grpc, grpc_server_stub.ModelInfer, g_request)
             timed(grpc_floor, floor_stub.ModelInfer, g_request)
             if other_conn is not None:
@@ -587,6 +672,7 @@ def main() -> None:
         shm_pair.close()
         shm_pair = None
         floor_conn.close()
+        socket_conn.close()
         if ml_conn is not None:
             ml_conn.close()
             mlserver.terminate()  # type: ignore[union-attr]
@@ -644,7 +730,8 @@ def main() -> None:
         kinds = (("in", inproc), ("bin", srv_bin), ("json", srv_json), ("floor", floor), ("ort", ort_default),
                  ("grpc", srv_grpc), ("gfloor", grpc_floor), ("rfloor", rest_floor), ("shm", srv_shm),
                  ("sjfloor", sj_floor), ("rfloorjs", rest_floor_json),
-                 ("rfloorshm", rest_floor_shm), *((("ml", ml_json),) if ml_json else ()))
+                 ("rfloorshm", rest_floor_shm), ("sfloor", sock_floor), ("sfloorjs", sock_floor_json),
+                 ("shmplaced", srv_shm_placed), *((("ml", ml_json),) if ml_json else ()))
         p50 = {k: pct(v, 50) for k, v in kinds}
         p90 = {k: pct(v, 90) for k, v in kinds}
         print(f"model {args.model}, batch 1, {args.rounds} rounds x {args.requests} requests; "
@@ -663,7 +750,8 @@ def main() -> None:
                            ("gfloor", "gRPC transport floor"), ("rfloor", "REST transport floor"),
                            ("shm", "server, shared memory"), ("sjfloor", "JSON decode floor, simdjson"),
                            ("rfloorjs", "REST floor, JSON body"), ("rfloorshm", "REST floor, shm request"),
-                           ("ml", "MLServer, JSON request")):
+                           ("sfloor", "socket floor, binary body"), ("sfloorjs", "socket floor, JSON body"),
+                           ("shmplaced", "shm, input placed once"), ("ml", "MLServer, JSON request")):
             if key in p50:
                 print(f"{label:28}{ms(p50[key]):>10} {ms(p90[key]):>10}")
         print(f"gRPC: request {g_request.ByteSize()} B (raw_input_contents), response {g_response.ByteSize()} B; "
@@ -708,9 +796,17 @@ def main() -> None:
         print(f"shared-memory p50 / ORT-defaults p50                     {r_shm:6.3f}  <= 1.10  {r_shm <= 1.10}")
         print(f"  (shared-memory p50 - ORT-defaults p50) / REST floor moving the shm request's "
               f"{len(shm_body)} B  {(p50['shm'] - p50['ort']) / p50['rfloorshm']:6.3f}: the physical floor")
+        print(f"  the same, input placed in its region once (perf_analyzer --shared-memory system's way) "
+              f"{p50['shmplaced'] / p50['ort']:6.3f}")
+        print(f"(binary p50 - ORT-defaults p50) / socket floor p50 (bare uvloop protocol) "
+              f"{(p50['bin'] - p50['ort']) / p50['sfloor']:6.3f}")
         print(f"(JSON p50 - ORT-defaults p50) / simdjson floor p50       {r_sj:6.3f}  <= 1.25  {r_sj <= 1.25}")
         print(f"  (JSON p50 - ORT-defaults p50) / (simdjson floor + REST floor moving the JSON body) {r_sj_phys:6.3f}: "
               "the physical floor, transfer included")
+        r_sj_sock = (p50["json"] - p50["ort"]) / (p50["sjfloor"] + p50["sfloorjs"])
+        print(f"  the same over simdjson floor + socket floor (a bare uvloop protocol moving the JSON body) "
+              f"{r_sj_sock:6.3f}; a perfect server: {(p50['sjfloor'] + p50['sfloorjs']) / p50['sjfloor']:.3f} "
+              "of the simdjson floor")
         if "ml" in p50:
             r_ml = p50["json"] / p50["ml"]
             print(f"JSON p50 / MLServer JSON p50                             {r_ml:6.3f}  <= 0.55  {r_ml <= 0.55}")
@@ -731,7 +827,7 @@ def main() -> None:
     finally:
         if shm_pair is not None:
             shm_pair.close()
-        for proc in (server, other, floor_proc, rest_floor_proc, mlserver):
+        for proc in (server, other, floor_proc, rest_floor_proc, socket_floor_proc, mlserver):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
             if proc is not None:
@@ -747,5 +843,7 @@ if __name__ == "__main__":
         grpc_floor_server(int(sys.argv[2]))
     elif len(sys.argv) == 3 and sys.argv[1] == "--rest-floor":
         rest_floor_server(int(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--socket-floor":
+        socket_floor_server(int(sys.argv[2]))
     else:
         main()
