@@ -16,16 +16,8 @@ the request/response path is uvicorn's own):
 * the **shutdown signal**: ``shutdown()`` (uvicorn calls it on SIGTERM) tells the :class:`TransportGuard`, whose
   waiting body reads (:mod:`sepconv.service.rest.middleware`) then stop waiting for a stalled upload.
 
-* **relaxed body flow control**: uvicorn wakes the app for every chunk read (~200 KB) and pauses reading as
-  soon as it holds 64 KB the app has not taken, then resumes when it has: a pause, a resume and a task switch
-  per chunk, ~1 ms on a 600 KB image and ~2 ms on a 3 MB JSON body over loopback — more than the rest of the
-  transport (a bare uvloop protocol moves the same bodies in 0.4 and 1.4 ms). Here the app is woken once
-  :data:`BODY_SIGNAL_BYTES` are held, :data:`BODY_SIGNAL_S` after the first byte it has not been told of, and at
-  the body's end; reading pauses past :data:`BODY_PAUSE_BYTES`. A connection holds at most that plus one read
-  before the app takes it (uvicorn: 64 KB plus one read), and a slow body is still reported every 20 ms.
-
 Body read timeouts (minimum rate) and the in-flight byte budget are the ASGI middleware's, which sees the
-bytes as they are handed over. :func:`uvicorn_config` is the one place the server's uvicorn options are set (used by
+bytes as they arrive. :func:`uvicorn_config` is the one place the server's uvicorn options are set (used by
 ``sepconv serve`` and the tests).
 """
 
@@ -42,9 +34,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from sepconv.service.settings import Settings
 
 FD_RESERVE = 64  # descriptors kept for model files, traces, logs and the listener
-BODY_SIGNAL_BYTES = 1 << 20  # body bytes held before the app is woken to take them...
-BODY_SIGNAL_S = 0.02  # ...or this long after the first of them arrived
-BODY_PAUSE_BYTES = 4 << 20  # reading pauses while the app has not taken this many
 
 
 def default_max_connections() -> int:
@@ -113,7 +102,6 @@ def protocol_class(guard: TransportGuard) -> type[asyncio.Protocol]:
         _in_body = False  # between headers complete and message complete
         _timer: asyncio.TimerHandle | None = None
         _draining = False
-        _body_timer: asyncio.TimerHandle | None = None  # wakes the app for body bytes not yet reported
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -129,9 +117,6 @@ def protocol_class(guard: TransportGuard) -> type[asyncio.Protocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             guard.connections.pop(self, None)
             self._disarm()
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
             super().connection_lost(exc)
 
         # -- timers -------------------------------------------------------------------------------------
@@ -171,33 +156,8 @@ def protocol_class(guard: TransportGuard) -> type[asyncio.Protocol]:
             self._in_body = True
             super().on_headers_complete()
 
-        def on_body(self, body: bytes) -> None:
-            """uvicorn's, with its flow control relaxed (see the module docstring): the app is woken for a
-            body's bytes once :data:`BODY_SIGNAL_BYTES` are held or :data:`BODY_SIGNAL_S` after the first
-            unreported byte (and at the body's end), and reading pauses only past :data:`BODY_PAUSE_BYTES`."""
-            cycle = self.cycle
-            if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
-                return
-            cycle.body += body
-            held = len(cycle.body)
-            if held > BODY_PAUSE_BYTES:
-                self.flow.pause_reading()
-            if held >= BODY_SIGNAL_BYTES:
-                self._signal_body()
-            elif self._body_timer is None:
-                self._body_timer = self.loop.call_later(BODY_SIGNAL_S, self._signal_body, cycle)
-
-        def _signal_body(self, cycle: Any = None) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
-            (cycle or self.cycle).message_event.set()
-
         def on_message_complete(self) -> None:
             self._in_body = False
-            if self._body_timer is not None:  # uvicorn's own completion wakes the app with the rest
-                self._body_timer.cancel()
-                self._body_timer = None
             if self._draining:  # the discarded body is over: back to keep-alive
                 self._draining = False
                 self._disarm()
