@@ -57,6 +57,28 @@ def test_every_runtime_node_maps_to_a_layer(arch: str, layout: str, fused: bool,
         assert row.get("nodes") or row.get("fused_into"), row
 
 
+def test_a_trace_profile_builds_two_sessions(tmp_path: Path, settings: Settings,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The traced session also writes the graph ORT runs (the node mapping needs it), then the untraced one for
+    end-to-end time: two session builds, not a third just to learn the fused graph."""
+    from sepconv.service.profiling import sessions
+
+    made = []
+    real = sessions.make_session
+
+    def counting(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if model in (str(path), path, path.read_bytes()):  # not the roofline's microbenchmark graphs
+            made.append(kwargs)
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(sessions, "make_session", counting)
+    path = tmp_path / "residual.onnx"
+    onnx.save(_residual_graph(), path)
+    result = profile_model(path, "residual", _plan(settings, runs=2, warmup=1), TraceStore(settings.trace_dir, 2))
+    assert len(made) == 2 and made[0].get("enable_profiling") and made[0].get("optimized_model_path"), made
+    rows = {r["name"]: r for r in result["layers"]}
+    assert rows["add"]["fused_into"] == "project"  # read from the runtime graph: ORT fused the Add into the conv
+
+
 def _residual_graph() -> onnx.ModelProto:
     """conv(8) -> depthwise -> project(8) + residual add: 8 channels force ORT's ReorderOutput nodes."""
     rng = np.random.default_rng(0)

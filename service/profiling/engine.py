@@ -50,7 +50,7 @@ import onnx
 import onnxruntime as ort
 
 from sepconv.export.graph import KINDS
-from sepconv.service.errors import InvalidInput
+from sepconv.service.errors import InvalidInput, ServiceError
 from sepconv.service.profiling import roofline as rl
 from sepconv.service.profiling import trace as pt
 from sepconv.service.profiling.gate import TraceStore
@@ -59,7 +59,6 @@ from sepconv.service.profiling.layers import layer_table
 from sepconv.service.profiling.request import ProfilePlan
 from sepconv.service.profiling.sessions import SessionSpec, random_feeds
 from sepconv.service.profiling.timing import BoundRun, summarize
-from sepconv.service.runtime.sessions import session_options
 
 METHOD_TEXT = {
     "trace": ("ONNX Runtime profiling trace of a dedicated session: each runtime node's kernel time per run, "
@@ -76,16 +75,19 @@ E2E_TEXT = ("a separate session without profiling, inputs bound on the device, s
 # --------------------------------------------------------------------------------------------
 # sessions of one profile
 # --------------------------------------------------------------------------------------------
-def _optimized_graph(path: str | bytes, spec: SessionSpec, workdir: Path) -> onnx.ModelProto | None:
-    """The graph ORT really runs (node names after fusion), written by ORT itself."""
-    opts = session_options(spec.settings, optimization=spec.optimization)
+def _traced_session(path: str | bytes, spec: SessionSpec, workdir: Path) -> tuple[Any, onnx.ModelProto | None]:
+    """The profiling session, and the graph ORT really runs (node names after fusion), which ORT writes while it
+    makes that session. Where it cannot write it (a provider's compiled nodes), the session is made without, and
+    the mapping falls back to node names."""
     target = workdir / "optimized.onnx"
-    opts.optimized_model_filepath = str(target)
     try:
-        ort.InferenceSession(path, sess_options=opts, providers=spec.providers)
-        return onnx.load(str(target), load_external_data=False)
-    except Exception:  # noqa: BLE001 - mapping then falls back to node names
-        return None
+        session = spec.open(path, enable_profiling=True, profile_prefix=str(workdir / "trace"),
+                            optimized_model_path=str(target))
+        return session, onnx.load(str(target), load_external_data=False)
+    except ServiceError:
+        raise  # the provider cannot be used: the profile's own error
+    except Exception:  # noqa: BLE001 - see the docstring
+        return spec.open(path, enable_profiling=True, profile_prefix=str(workdir / "trace")), None
 
 
 def _e2e_run(path: str | bytes, spec: SessionSpec, batch: int, shapes: dict[str, list[int]]) -> BoundRun:
@@ -269,8 +271,7 @@ def _measure_traced(path: str | bytes, original: onnx.ModelProto, layers: list[d
                     workdir: Path, cost_per_node: float) -> _Measured:
     """``method: trace``: ORT's Chrome trace of a profiling session, its nodes mapped to ``layers``."""
     spec = plan.session
-    runtime_graph = _optimized_graph(path, spec, workdir)
-    session = spec.open(path, enable_profiling=True, profile_prefix=str(workdir / "trace"))
+    session, runtime_graph = _traced_session(path, spec, workdir)
     shapes = _input_shapes(session, plan.batch_size)
     feeds = random_feeds(session, plan.batch_size, shapes=shapes)
     execution_provider = session.get_providers()[0]

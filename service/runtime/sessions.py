@@ -138,7 +138,9 @@ def _is_auto(requested: str | list[str] | tuple[str, ...] | None, settings: Sett
 
 
 def session_options(settings: Settings, *, enable_profiling: bool = False, profile_prefix: str | None = None,
-                    optimization: str | None = None, intra_op_threads: int | None = None) -> ort.SessionOptions:
+                    optimization: str | None = None, intra_op_threads: int | None = None,
+                    optimized_model_path: str | None = None) -> ort.SessionOptions:
+    """``optimized_model_path``: ORT writes the graph it will run there (after fusion) when the session is made."""
     opts = ort.SessionOptions()
     level = (optimization or settings.graph_optimization).strip().lower()
     if level not in _OPT_LEVELS:
@@ -157,6 +159,8 @@ def session_options(settings: Settings, *, enable_profiling: bool = False, profi
         opts.enable_profiling = True
         if profile_prefix:
             opts.profile_file_prefix = str(profile_prefix)
+    if optimized_model_path:
+        opts.optimized_model_filepath = str(optimized_model_path)
     return opts
 
 
@@ -187,6 +191,7 @@ def make_session(
     profile_prefix: str | None = None,
     optimization: str | None = None,
     intra_op_threads: int | None = None,
+    optimized_model_path: str | None = None,
 ) -> ort.InferenceSession:
     """A session for ``model`` (path or serialized bytes) with the service's options.
 
@@ -196,7 +201,8 @@ def make_session(
     """
     wanted = resolve_providers(providers, settings)
     opts = session_options(settings, enable_profiling=enable_profiling, profile_prefix=profile_prefix,
-                           optimization=optimization, intra_op_threads=intra_op_threads)
+                           optimization=optimization, intra_op_threads=intra_op_threads,
+                           optimized_model_path=optimized_model_path)
     source = model if isinstance(model, bytes) else str(model)
     # Only ask ORT for providers this build has; a missing one is a fallback we report ourselves.
     usable = [p for p in wanted if p in available_providers() or p == CPU]
